@@ -1,0 +1,49 @@
+# The commands a newcomer needs. Everything installs itself into .venv on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# The local model extra compiles llama-cpp-python (about 5 minutes on 2 cores, once; pip caches the wheel).
+EXTRAS ?= local
+
+.PHONY: run test test-fast lint format bench install install-dev clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed-$(EXTRAS): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+	touch $@
+
+$(VENV)/.installed-dev-$(EXTRAS): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev,$(EXTRAS)]'
+	touch $@
+
+install: $(VENV)/.installed-$(EXTRAS)
+install-dev: $(VENV)/.installed-dev-$(EXTRAS)
+
+## make run: the gateway on its embedded default (SQLite, local files, the mock and the local model)
+run: install
+	$(BIN)/hybridgate serve $(ARGS)
+
+## make test: install what the tests need and run the whole suite
+test: install-dev
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## make test-fast: the inner loop, without the local real model
+test-fast: install-dev
+	$(BIN)/python -m pytest -m "not local_model" $(PYTEST_ARGS)
+
+lint: install-dev
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+format: install-dev
+	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks
+
+bench: install-dev
+	$(BIN)/python benchmarks/overhead.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache build dist src/*.egg-info

@@ -1,0 +1,3 @@
+from hybridgate.cli import main
+
+main()

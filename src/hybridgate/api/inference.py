@@ -1,0 +1,147 @@
+"""POST /v1/chat/completions and /v1/completions: validate, route, answer (JSON or SSE)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from hybridgate._asgi import SSE_DONE, SSE_HEADERS, Receive, Scope, Send, header, send_bytes, sse
+from hybridgate.backends import BackendError
+from hybridgate.protocol import Endpoint, PermissionDeniedError, parse_request
+from hybridgate.router import Attempt, Call, NO_HOOKS, Result, Stream
+
+if TYPE_CHECKING:
+    from hybridgate.api.app import Gateway
+
+
+def _headers(backend: str | None, attempts: list[Attempt], cost: float | None, request_id: str) -> list[tuple[bytes, bytes]]:
+    h = [
+        (b"x-request-id", request_id.encode()),
+        (b"x-hybridgate-attempts", str(sum(1 for a in attempts if a.duration_s or a.ok)).encode()),
+    ]
+    if backend is not None:
+        h.append((b"x-hybridgate-backend", backend.encode()))
+    if cost is not None:
+        h.append((b"x-hybridgate-cost-usd", f"{cost:.8f}".encode()))
+    return h
+
+
+async def handle(gw: Gateway, endpoint: Endpoint, scope: Scope, receive: Receive, send: Send, raw: bytes, ctx: dict[str, Any]) -> None:
+    body, req = parse_request(raw, endpoint)
+    principal = ctx["principal"]
+    allowed = getattr(principal, "allowed_models", None)
+    if allowed and req.model not in allowed:
+        raise PermissionDeniedError(f"This API key may not use model '{req.model}'; it may use: {', '.join(allowed)}.", param="model")
+    call = Call(
+        endpoint=endpoint,
+        body=body,
+        model=req.model,
+        max_tokens=req.limit(),
+        forced=header(scope, b"x-hybridgate-backend"),
+        preferred=header(scope, b"x-hybridgate-prefer"),
+        hooks=gw.hooks_for(principal, ctx) if gw.hooks_for else NO_HOOKS,
+    )
+    ctx["model"] = req.model
+    if req.stream:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        stream = await gw.manager.open_stream(call)
+        ctx["attempts"] = stream.attempts
+        await _stream(gw, stream, include_usage, scope, receive, send, ctx)
+    else:
+        result = await gw.manager.complete(call)
+        ctx["attempts"] = result.attempts
+        ctx["backend"] = result.backend
+        await _answer(gw, result, send, ctx)
+
+
+async def _answer(gw: Gateway, result: Result, send: Send, ctx: dict[str, Any]) -> None:
+    import orjson
+
+    cost = result.cost_usd
+    hdrs = [(b"content-type", b"application/json"), *_headers(result.backend, result.attempts, cost, ctx["request_id"])]
+    ctx["status"] = 200
+    await send_bytes(send, 200, orjson.dumps(result.body), hdrs)
+
+
+async def _stream(
+    gw: Gateway, stream: Stream, include_usage: bool, scope: Scope, receive: Receive, send: Send, ctx: dict[str, Any]
+) -> None:
+    model = stream.call.model
+    ctx["backend"] = stream.backend
+    ctx["status"] = 200
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [*SSE_HEADERS, *_headers(stream.backend, stream.attempts, None, ctx["request_id"])],
+        }
+    )
+    # A client that goes away must free the backend at once, even while we wait for its next token.
+    task = asyncio.current_task()
+    gone = asyncio.Event()
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        gone.set()
+        if task is not None:
+            task.cancel()
+
+    watcher = asyncio.create_task(watch())
+    error: BaseException | None = None
+    try:
+        async for chunk in stream:
+            chunk["model"] = model
+            if "usage" in chunk:
+                if not chunk.get("choices"):
+                    if not include_usage:
+                        continue
+                elif not include_usage:
+                    del chunk["usage"]
+            await send({"type": "http.response.body", "body": sse(chunk), "more_body": True})
+    except BackendError as e:
+        error = e
+        ctx["status"] = 502
+        ctx["stream_error"] = e.message
+        await send(
+            {
+                "type": "http.response.body",
+                "body": sse(
+                    {
+                        "error": {
+                            "message": f"Backend '{stream.backend}' failed mid-stream: {e.message}",
+                            "type": "server_error",
+                            "param": None,
+                            "code": "stream_interrupted",
+                        }
+                    }
+                ),
+                "more_body": True,
+            }
+        )
+    except asyncio.CancelledError:
+        if not gone.is_set():
+            raise
+        if task is not None:
+            task.uncancel()
+        ctx["status"] = 499
+        await asyncio.shield(stream.settle(client_gone=True))
+        return
+    finally:
+        watcher.cancel()
+    await stream.settle(error)
+    cost = sum(a.cost_usd for a in stream.attempts)
+    ctx["cost"] = cost
+    # Headers are long gone; the cost travels as an SSE comment, which clients ignore.
+    tail = f": x-hybridgate-cost-usd={cost:.8f}\n\n".encode() + SSE_DONE
+    await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+
+def request_id(scope: Scope) -> str:
+    return header(scope, b"x-request-id") or os.urandom(8).hex()
+
+
+def now() -> float:
+    return time.perf_counter()

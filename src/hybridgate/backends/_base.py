@@ -1,0 +1,105 @@
+"""The Backend interface every adapter implements, and the failures it may raise.
+
+The router decides what to do with a failure from its class alone: `retryable` failures move on to the
+next backend, the others are the client's own and go back to it unchanged.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from hybridgate.config import BackendConfig
+from hybridgate.protocol import Endpoint, Usage
+
+
+@dataclass(slots=True)
+class BackendRequest:
+    """A validated request, rewritten for one backend (its own model name in `body["model"]`)."""
+
+    endpoint: Endpoint
+    body: dict[str, Any]
+    public_model: str
+    max_tokens: int | None = None
+
+
+@dataclass(slots=True)
+class BackendResponse:
+    body: dict[str, Any]
+    usage: Usage = field(default_factory=Usage)
+
+
+class BackendError(Exception):
+    """A backend could not serve a request."""
+
+    retryable = True
+    status: int | None = None
+
+    def __init__(self, message: str, *, status: int | None = None, body: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+        self.body = body
+
+
+class BackendConnectError(BackendError):
+    """The backend could not be reached (refused, reset, DNS, TLS)."""
+
+
+class BackendTimeoutError(BackendError):
+    """Connect, time-to-first-byte or total deadline passed."""
+
+
+class BackendUnavailableError(BackendError):
+    """The backend is up but cannot take the request now (loading, queue full)."""
+
+
+class BackendStreamError(BackendError):
+    """A stream broke after it started (dropped connection, error event, malformed data)."""
+
+
+class BackendHTTPError(BackendError):
+    """The backend answered with an error status. 429 and 5xx are retryable; other 4xx are the client's."""
+
+    def __init__(self, message: str, *, status: int, body: Any = None) -> None:
+        super().__init__(message, status=status, body=body)
+        self.retryable = status == 429 or status >= 500
+
+
+class Backend(ABC):
+    """One place a model runs. Created from config; started and closed by the app's lifespan."""
+
+    def __init__(self, config: BackendConfig) -> None:
+        self.config = config
+        self.name = config.name
+        self.kind: str = config.kind
+
+    @property
+    def ready(self) -> bool:
+        """False while the backend is still starting (a model loading); it is not routable until then."""
+        return True
+
+    @property
+    def state(self) -> str:
+        return "ready" if self.ready else "loading"
+
+    async def start(self) -> None:
+        """Open pools or begin loading; must return quickly (long work goes in a background task)."""
+
+    async def close(self) -> None:
+        """Release pools, threads and models."""
+
+    @abstractmethod
+    async def complete(self, req: BackendRequest) -> BackendResponse:
+        """Answer a non-streamed request."""
+
+    @abstractmethod
+    def stream(self, req: BackendRequest) -> AsyncIterator[dict[str, Any]]:
+        """Yield OpenAI stream chunks (parsed) as the backend produces them; a usage chunk last if known."""
+
+    @abstractmethod
+    async def check_health(self) -> None:
+        """Return when healthy; raise BackendError saying why when not."""

@@ -1,0 +1,180 @@
+"""Any OpenAI-compatible server over HTTP (vLLM, llama.cpp's server, OpenAI): pooled keep-alive client."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import orjson
+
+from hybridgate.backends._base import (
+    Backend,
+    BackendConnectError,
+    BackendHTTPError,
+    BackendRequest,
+    BackendResponse,
+    BackendStreamError,
+    BackendTimeoutError,
+)
+from hybridgate.config import BackendConfig
+from hybridgate.protocol import Usage
+
+_PATHS = {"chat": "/chat/completions", "completions": "/completions"}
+
+
+def health_url(base_url: str, path: str) -> str:
+    """A health path is resolved against the root of base_url: http://h:p/v1 + /health -> http://h:p/health."""
+    if path.startswith(("http://", "https://")):
+        return path
+    parts = urlsplit(base_url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + path.lstrip("/"), "", ""))
+
+
+def _error_message(status: int, payload: Any, text: str) -> str:
+    if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
+        msg = payload["error"].get("message")
+        if msg:
+            return f"HTTP {status}: {msg}"
+    return f"HTTP {status}: {text[:200]}" if text else f"HTTP {status}"
+
+
+class OpenAIBackend(Backend):
+    def __init__(self, config: BackendConfig) -> None:
+        super().__init__(config)
+        assert config.base_url
+        self.base_url = config.base_url
+        self._health_url = health_url(config.base_url, config.health.path)
+        self._headers = {"Content-Type": "application/json"}
+        if config.api_key:
+            self._headers["Authorization"] = f"Bearer {config.api_key}"
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        t = self.config.timeouts
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=300)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=t.connect_s),
+            auto_decompress=True,
+            skip_auto_headers=("User-Agent",),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError(f"backend {self.name} used before start()")
+        return self._session
+
+    async def _open(self, req: BackendRequest, body: bytes, deadline: float) -> aiohttp.ClientResponse:
+        """Send the request and wait for the response head, mapping every failure to a BackendError."""
+        t = self.config.timeouts
+        url = self.base_url + _PATHS[req.endpoint]
+        first_byte_by = min(deadline, _now() + t.first_byte_s)
+        try:
+            async with asyncio.timeout_at(first_byte_by):
+                resp = await self.session.post(url, data=body, headers=self._headers)
+        except TimeoutError:
+            which = "total" if first_byte_by == deadline else "first byte"
+            limit = t.total_s if which == "total" else t.first_byte_s
+            raise BackendTimeoutError(f"timed out waiting for the {which} after {limit:g}s") from None
+        except aiohttp.ServerTimeoutError:
+            raise BackendTimeoutError(f"connect timed out after {t.connect_s:g}s") from None
+        except aiohttp.ClientConnectorError as e:
+            raise BackendConnectError(f"cannot connect to {self.base_url}: {e.os_error or e}") from None
+        except (aiohttp.ClientError, OSError) as e:
+            raise BackendConnectError(f"request to {self.base_url} failed: {e!r}") from None
+        if resp.status >= 400:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    text = await resp.text()
+            except (TimeoutError, aiohttp.ClientError):
+                text = ""
+            finally:
+                resp.release()
+            try:
+                payload = orjson.loads(text) if text else None
+            except orjson.JSONDecodeError:
+                payload = None
+            raise BackendHTTPError(_error_message(resp.status, payload, text), status=resp.status, body=payload)
+        return resp
+
+    async def complete(self, req: BackendRequest) -> BackendResponse:
+        deadline = _now() + self.config.timeouts.total_s
+        resp = await self._open(req, orjson.dumps(req.body), deadline)
+        try:
+            async with asyncio.timeout_at(deadline):
+                raw = await resp.read()
+        except TimeoutError:
+            raise BackendTimeoutError(f"timed out reading the response after {self.config.timeouts.total_s:g}s") from None
+        except (aiohttp.ClientError, OSError) as e:
+            raise BackendConnectError(f"connection lost while reading the response: {e!r}") from None
+        finally:
+            resp.release()
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise BackendHTTPError(f"backend answered invalid JSON: {raw[:120]!r}", status=502) from None
+        if not isinstance(body, dict) or "choices" not in body:
+            raise BackendHTTPError(f"backend answered an unexpected body: {raw[:120]!r}", status=502)
+        usage = Usage.from_dict(body.get("usage")) or Usage(estimated=True)
+        return BackendResponse(body, usage)
+
+    async def stream(self, req: BackendRequest) -> AsyncIterator[dict[str, Any]]:
+        deadline = _now() + self.config.timeouts.total_s
+        body = dict(req.body)
+        # Always ask for usage so the call can be costed; the router strips it if the client did not ask.
+        body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        resp = await self._open(req, orjson.dumps(body), deadline)
+        done = False
+        try:
+            async with asyncio.timeout_at(deadline):
+                async for line in resp.content:
+                    if not line.startswith(b"data:"):
+                        continue  # blank separators, comments, `event:` lines
+                    data = line[5:].strip()
+                    if data == b"[DONE]":
+                        done = True
+                        break
+                    try:
+                        chunk = orjson.loads(data)
+                    except orjson.JSONDecodeError:
+                        raise BackendStreamError(f"malformed stream event: {data[:120]!r}") from None
+                    if isinstance(chunk, dict) and "error" in chunk and "choices" not in chunk:
+                        err = chunk["error"]
+                        msg = err.get("message") if isinstance(err, dict) else err
+                        raise BackendStreamError(f"backend sent an error mid-stream: {msg}")
+                    yield chunk
+        except TimeoutError:
+            raise BackendTimeoutError(f"stream exceeded the total timeout of {self.config.timeouts.total_s:g}s") from None
+        except (aiohttp.ClientError, OSError) as e:
+            raise BackendStreamError(f"connection dropped mid-stream: {e!r}") from None
+        finally:
+            resp.release() if done else resp.close()
+        if not done:
+            raise BackendStreamError("stream ended without [DONE] (connection closed early)")
+
+    async def check_health(self) -> None:
+        h = self.config.health
+        try:
+            async with asyncio.timeout(h.timeout_s):
+                async with self.session.get(self._health_url, headers=self._headers) as resp:
+                    if resp.status >= 400:
+                        raise BackendHTTPError(f"health check {self._health_url} answered HTTP {resp.status}", status=resp.status)
+                    await resp.read()
+        except TimeoutError:
+            raise BackendTimeoutError(f"health check {self._health_url} timed out after {h.timeout_s:g}s") from None
+        except (aiohttp.ClientError, OSError) as e:
+            raise BackendConnectError(f"health check {self._health_url} failed: {e}") from None
+
+
+def _now() -> float:
+    """Deadlines are in the running loop's clock, which asyncio.timeout_at expects (uvloop's differs)."""
+    return asyncio.get_running_loop().time()

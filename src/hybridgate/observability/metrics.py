@@ -1,0 +1,55 @@
+"""Prometheus metrics in a registry owned by the app (no global state, so tests build their own)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class _HealthCollector(Collector):
+    """Reads backend health at scrape time, so routing never pays for it."""
+
+    def __init__(self, snapshot: Callable[[], Iterable[dict[str, Any]]]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        healthy = GaugeMetricFamily("hybridgate_backend_healthy", "1 when the backend is healthy and ready", labels=["backend"])
+        failures = GaugeMetricFamily(
+            "hybridgate_backend_consecutive_failures", "Consecutive failed calls or checks", labels=["backend"]
+        )
+        for s in self._snapshot():
+            healthy.add_metric([s["name"]], 1.0 if s["healthy"] else 0.0)
+            failures.add_metric([s["name"]], float(s["consecutive_failures"]))
+        yield healthy
+        yield failures
+
+
+class Metrics:
+    def __init__(self, health_snapshot: Callable[[], Iterable[dict[str, Any]]] | None = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "hybridgate_requests", "Requests answered, by model and final status", ["model", "status"], registry=r
+        )
+        self.attempts = Counter(
+            "hybridgate_backend_attempts", "Attempts against backends, by outcome", ["backend", "outcome"], registry=r
+        )
+        self.latency = Histogram(
+            "hybridgate_backend_latency_seconds", "Duration of successful attempts", ["backend"], buckets=_BUCKETS, registry=r
+        )
+        self.fallbacks = Counter(
+            "hybridgate_fallbacks", "Requests served by other than their first candidate", ["model"], registry=r
+        )
+        self.cost = Counter("hybridgate_cost_usd", "Estimated spend in USD", ["backend"], registry=r)
+        self.tokens = Counter("hybridgate_tokens", "Tokens processed", ["backend", "direction"], registry=r)
+        if health_snapshot is not None:
+            r.register(_HealthCollector(health_snapshot))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,208 @@
+"""OpenAI request models (validated at the edge) and the small helpers to build responses.
+
+Validation is deliberately about what the gateway must understand (model, messages, stream, limits);
+unknown fields are allowed and forwarded untouched, as OpenAI-compatible servers add their own.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from hybridgate.protocol._errors import BadRequestError
+
+Endpoint = Literal["chat", "completions"]
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class StreamOptions(_Open):
+    include_usage: bool = False
+
+
+class ChatMessage(_Open):
+    role: Literal["system", "user", "assistant", "tool", "developer", "function"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+_Stop = str | Annotated[list[str], Field(max_length=4)] | None
+
+
+class _Sampling(_Open):
+    model: str = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    n: int | None = Field(None, ge=1, le=1)
+    stop: _Stop = None
+    seed: int | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+
+    def limit(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str]
+
+    def limit(self) -> int | None:
+        # OpenAI's legacy endpoint defaults to 16 tokens.
+        return self.max_tokens or 16
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    # True when the backend reported no usage and the numbers were counted or estimated here.
+    estimated: bool = False
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Usage | None:
+        if not isinstance(d, dict):
+            return None
+        try:
+            return cls(int(d.get("prompt_tokens") or 0), int(d.get("completion_tokens") or 0))
+        except (TypeError, ValueError):
+            return None
+
+
+def _param(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("str", "list[str]", "list[dict[str,any]]") or "[" in str(part) or "function-" in str(part):
+            # union-member tags pydantic adds to the location; not part of the field path
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "body"
+
+
+def parse_request(raw: bytes, endpoint: Endpoint) -> tuple[dict[str, Any], ChatCompletionRequest | CompletionRequest]:
+    """Parse and validate a request body; returns the raw dict (forwarded) and the validated model."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise BadRequestError(f"The request body is not valid JSON: {e}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise BadRequestError("The request body must be a JSON object.", code="invalid_json")
+    model_cls = ChatCompletionRequest if endpoint == "chat" else CompletionRequest
+    try:
+        req = model_cls.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        param = _param(tuple(err["loc"]))
+        msg = err["msg"]
+        if err["type"] == "missing":
+            msg = f"Missing required parameter: '{param}'."
+        else:
+            msg = f"Invalid value for '{param}': {msg}."
+        raise BadRequestError(msg, param=param, code="invalid_value" if err["type"] != "missing" else "missing_required_parameter") from None
+    return data, req
+
+
+def completion_id(endpoint: Endpoint) -> str:
+    return ("chatcmpl-" if endpoint == "chat" else "cmpl-") + os.urandom(12).hex()
+
+
+def _now() -> int:
+    import time
+
+    return int(time.time())
+
+
+def response_body(
+    endpoint: Endpoint, id_: str, model: str, text: str, finish_reason: str, usage: Usage, created: int | None = None
+) -> dict[str, Any]:
+    """A whole (non-streamed) chat.completion or text_completion object."""
+    created = created or _now()
+    if endpoint == "chat":
+        choice: dict[str, Any] = {
+            "index": 0,
+            "message": {"role": "assistant", "content": text, "refusal": None},
+            "logprobs": None,
+            "finish_reason": finish_reason,
+        }
+        obj = "chat.completion"
+    else:
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+        obj = "text_completion"
+    return {
+        "id": id_,
+        "object": obj,
+        "created": created,
+        "model": model,
+        "choices": [choice],
+        "usage": usage.as_dict(),
+        "system_fingerprint": None,
+    }
+
+
+def chunk_body(
+    endpoint: Endpoint,
+    id_: str,
+    model: str,
+    created: int,
+    *,
+    text: str | None = None,
+    role: bool = False,
+    finish_reason: str | None = None,
+) -> dict[str, Any]:
+    """One streamed chunk: a role announcement, a content delta, or the finish reason."""
+    if endpoint == "chat":
+        delta: dict[str, Any] = {}
+        if role:
+            delta["role"] = "assistant"
+            delta["content"] = ""
+        if text is not None:
+            delta["content"] = text
+        choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        obj = "chat.completion.chunk"
+    else:
+        choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+        obj = "text_completion"
+    return {"id": id_, "object": obj, "created": created, "model": model, "choices": [choice], "system_fingerprint": None}
+
+
+def usage_chunk(endpoint: Endpoint, id_: str, model: str, created: int, usage: Usage) -> dict[str, Any]:
+    """The final chunk `stream_options.include_usage` asks for: no choices, only usage."""
+    obj = "chat.completion.chunk" if endpoint == "chat" else "text_completion"
+    return {"id": id_, "object": obj, "created": created, "model": model, "choices": [], "usage": usage.as_dict()}
+
+
+def prompt_text(body: dict[str, Any], endpoint: Endpoint) -> str:
+    """The plain text of a request's prompt, for counting and estimating."""
+    if endpoint == "completions":
+        p = body.get("prompt", "")
+        return p if isinstance(p, str) else "\n".join(str(x) for x in p)
+    parts: list[str] = []
+    for m in body.get("messages", ()):
+        c = m.get("content") if isinstance(m, dict) else None
+        if isinstance(c, str):
+            parts.append(c)
+        elif isinstance(c, list):
+            parts.extend(str(p.get("text", "")) for p in c if isinstance(p, dict))
+    return "\n".join(parts)

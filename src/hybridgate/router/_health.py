@@ -1,0 +1,121 @@
+"""Per-backend health: passive failure counting, a circuit breaker with cooldown, and active checks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from hybridgate.backends import Backend, BackendError
+
+log = logging.getLogger("hybridgate.health")
+
+
+@dataclass
+class BackendState:
+    """What the router knows about one backend. In memory, per process: it only speeds routing up."""
+
+    backend: Backend
+    healthy: bool = True
+    consecutive_failures: int = 0
+    last_error: str | None = None
+    last_check: float | None = None  # wall-clock time of the last active check
+    last_latency_ms: float | None = None
+    open_until: float = 0.0  # monotonic time before which an unhealthy backend is not tried
+    trips: int = 0
+    _clock: Any = field(default=time.monotonic, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.backend.name
+
+    def routable(self) -> bool:
+        """Ready and healthy, or unhealthy with its cooldown over (half-open: one more try is allowed)."""
+        if not self.backend.ready:
+            return False
+        return self.healthy or self._clock() >= self.open_until
+
+    def why_not_routable(self) -> str:
+        if not self.backend.ready:
+            return f"{self.backend.state} (not ready yet)"
+        left = max(0.0, self.open_until - self._clock())
+        return f"unhealthy, skipped for {left:.1f}s more (last error: {self.last_error})"
+
+    def record_success(self, latency_ms: float | None = None) -> None:
+        if not self.healthy:
+            log.info("backend %s is healthy again", self.name)
+        self.healthy = True
+        self.consecutive_failures = 0
+        if latency_ms is not None:
+            self.last_latency_ms = latency_ms
+
+    def record_failure(self, error: str) -> None:
+        cfg = self.backend.config.health
+        self.consecutive_failures += 1
+        self.last_error = error
+        if self.consecutive_failures >= cfg.failures_to_trip:
+            if self.healthy:
+                self.trips += 1
+                log.warning(
+                    "backend %s marked unhealthy after %d consecutive failures: %s",
+                    self.name, self.consecutive_failures, error,
+                )
+            self.healthy = False
+            self.open_until = self._clock() + cfg.cooldown_s
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.backend.kind,
+            "state": self.backend.state,
+            "healthy": self.healthy and self.backend.ready,
+            "routable": self.routable(),
+            "consecutive_failures": self.consecutive_failures,
+            "last_error": self.last_error,
+            "last_check": self.last_check,
+            "last_latency_ms": self.last_latency_ms,
+            "priority": self.backend.config.priority,
+            "models": list(self.backend.config.models),
+        }
+
+
+async def check_once(state: BackendState) -> bool:
+    """Run one active health check and record its outcome."""
+    t0 = time.perf_counter()
+    try:
+        await state.backend.check_health()
+    except BackendError as e:
+        state.last_check = time.time()
+        state.record_failure(f"health check: {e.message}")
+        return False
+    except Exception as e:  # a broken adapter must not kill the health loop
+        state.last_check = time.time()
+        state.record_failure(f"health check crashed: {e!r}")
+        return False
+    state.last_check = time.time()
+    latency = (time.perf_counter() - t0) * 1000
+    if state.healthy or time.monotonic() >= state.open_until:
+        state.record_success(latency)
+    else:
+        # Passing during cooldown: remember it, but keep the circuit open until the cooldown ends.
+        state.consecutive_failures = 0
+        state.last_latency_ms = latency
+    return True
+
+
+async def health_loop(state: BackendState) -> None:
+    """Check one backend forever at its configured interval (cancelled by the app's lifespan)."""
+    cfg = state.backend.config.health
+    if not cfg.enabled:
+        return
+    while True:
+        if state.backend.ready:
+            try:
+                async with asyncio.timeout(cfg.timeout_s + 1):
+                    await check_once(state)
+            except TimeoutError:
+                state.last_check = time.time()
+                state.record_failure(f"health check timed out after {cfg.timeout_s:g}s")
+        await asyncio.sleep(cfg.interval_s if state.healthy else min(cfg.interval_s, max(cfg.cooldown_s, 0.5)))

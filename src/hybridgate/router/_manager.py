@@ -1,0 +1,378 @@
+"""The backend manager: choose candidates for a request, try them in order, keep the stream contract."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from hybridgate.backends import Backend, BackendError, BackendRequest, BackendStreamError
+from hybridgate.protocol import (
+    BadRequestError,
+    Endpoint,
+    GatewayError,
+    ModelNotFoundError,
+    UpstreamUnavailableError,
+    Usage,
+)
+from hybridgate.router._health import BackendState
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One try against one backend; every attempt is reported (headers, logs, ledger)."""
+
+    backend: str
+    backend_model: str
+    ok: bool = False
+    error: str | None = None
+    status: int | None = None
+    duration_s: float = 0.0
+    usage: Usage = field(default_factory=Usage)
+    cost_usd: float = 0.0
+    streamed: bool = False
+
+
+class CallHooks(Protocol):
+    """Per-call policy plugged in by the API layer (budgets, ledger). Both may be no-ops."""
+
+    async def before_attempt(self, state: BackendState, req: BackendRequest) -> None:
+        """Raise a GatewayError to refuse this backend for this call (e.g. over budget)."""
+
+    async def after_attempt(self, state: BackendState, attempt: Attempt) -> None:
+        """Called once for each attempt that reached a backend, with its final usage and cost."""
+
+
+class _NoHooks:
+    async def before_attempt(self, state: BackendState, req: BackendRequest) -> None:
+        return None
+
+    async def after_attempt(self, state: BackendState, attempt: Attempt) -> None:
+        return None
+
+
+NO_HOOKS: CallHooks = _NoHooks()
+
+
+@dataclass(slots=True)
+class Call:
+    """A validated request on its way to a backend."""
+
+    endpoint: Endpoint
+    body: dict[str, Any]
+    model: str
+    max_tokens: int | None = None
+    forced: str | None = None
+    preferred: str | None = None
+    hooks: CallHooks = NO_HOOKS
+
+
+@dataclass(slots=True)
+class Result:
+    body: dict[str, Any]
+    backend: str
+    attempts: list[Attempt]
+
+    @property
+    def cost_usd(self) -> float:
+        return sum(a.cost_usd for a in self.attempts)
+
+
+def _estimate_tokens(chars: int) -> int:
+    # About four characters a token for English text; only used when a backend reports no usage.
+    return max(1, (chars + 3) // 4) if chars else 0
+
+
+class BackendManager:
+    """Owns the backends' health states and the routing rules. One per app, built at start."""
+
+    def __init__(self, backends: Sequence[Backend], priority_override: Sequence[str] = ()) -> None:
+        self.states: dict[str, BackendState] = {b.name: BackendState(b) for b in backends}
+        override = [p.strip() for p in priority_override if p.strip()]
+        known = {b.name for b in backends} | {b.config.group for b in backends if b.config.group}
+        unknown = [p for p in override if p not in known]
+        if unknown:
+            raise ValueError(
+                f"HYBRIDGATE_PRIORITY names {', '.join(unknown)}, which is neither a backend name nor a group "
+                f"(known: {', '.join(sorted(known))})"
+            )
+
+        def rank(item: tuple[int, Backend]) -> tuple[int, int, int]:
+            i, b = item
+            pos = next((k for k, p in enumerate(override) if p in (b.name, b.config.group)), len(override))
+            return (pos, b.config.priority, i)
+
+        ordered = [b for _, b in sorted(enumerate(backends), key=rank)]
+        self.by_model: dict[str, list[BackendState]] = {}
+        for b in ordered:
+            for public in b.config.models:
+                self.by_model.setdefault(public, []).append(self.states[b.name])
+
+    @property
+    def backends(self) -> list[Backend]:
+        return [s.backend for s in self.states.values()]
+
+    def models(self) -> list[str]:
+        return list(self.by_model)
+
+    def plan(self, call: Call) -> tuple[list[BackendState], list[Attempt]]:
+        """Candidates in the order to try, and the ones skipped (as attempts that never ran)."""
+        candidates = self.by_model.get(call.model)
+        if candidates is None:
+            raise ModelNotFoundError(
+                f"The model '{call.model}' does not exist on this gateway. "
+                f"Available models: {', '.join(self.models()) or '(none)'}.",
+                param="model",
+            )
+        if call.forced is not None:
+            st = self.states.get(call.forced)
+            if st is None:
+                raise BadRequestError(
+                    f"X-Hybridgate-Backend names an unknown backend '{call.forced}'; "
+                    f"known backends: {', '.join(self.states)}.",
+                    param="X-Hybridgate-Backend",
+                    code="unknown_backend",
+                )
+            if st not in candidates:
+                raise BadRequestError(
+                    f"Backend '{call.forced}' does not serve model '{call.model}'; "
+                    f"it serves: {', '.join(st.backend.config.models)}.",
+                    param="X-Hybridgate-Backend",
+                    code="backend_does_not_serve_model",
+                )
+            return [st], []  # forced means forced: tried even when marked unhealthy
+        order = list(candidates)
+        if call.preferred is not None:
+            st = self.states.get(call.preferred)
+            if st is None:
+                raise BadRequestError(
+                    f"X-Hybridgate-Prefer names an unknown backend '{call.preferred}'; "
+                    f"known backends: {', '.join(self.states)}.",
+                    param="X-Hybridgate-Prefer",
+                    code="unknown_backend",
+                )
+            if st in order:
+                order.remove(st)
+                order.insert(0, st)
+        routable, skipped = [], []
+        for st in order:
+            if st.routable():
+                routable.append(st)
+            else:
+                skipped.append(Attempt(st.name, st.backend.config.models[call.model], error=st.why_not_routable()))
+        return routable, skipped
+
+    def _request(self, st: BackendState, call: Call) -> BackendRequest:
+        body = dict(call.body)
+        body["model"] = st.backend.config.models[call.model]
+        return BackendRequest(call.endpoint, body, call.model, call.max_tokens)
+
+    def _fail(self, call: Call, attempts: list[Attempt], refusal: GatewayError | None = None) -> GatewayError:
+        if refusal is not None and not any(a.duration_s for a in attempts):
+            # Nothing reached a backend because policy refused every one: say why (e.g. over budget).
+            return refusal
+        lines = "; ".join(f"{a.backend}: {a.error}" for a in attempts) or "no backend serves it"
+        if call.forced is not None:
+            return UpstreamUnavailableError(
+                f"Forced backend '{call.forced}' failed: {lines}",
+                status=502,
+                code="forced_backend_failed",
+                extra={"attempts": [_attempt_json(a) for a in attempts]},
+            )
+        return UpstreamUnavailableError(
+            f"All backends for model '{call.model}' failed: {lines}",
+            extra={"attempts": [_attempt_json(a) for a in attempts]},
+        )
+
+    async def _finish(self, st: BackendState, call: Call, a: Attempt) -> None:
+        price = st.backend.config.price
+        a.cost_usd = price.cost(a.usage.prompt_tokens, a.usage.completion_tokens, a.duration_s)
+        await call.hooks.after_attempt(st, a)
+
+    async def complete(self, call: Call) -> Result:
+        """Run a non-streamed call with fallback. Raises GatewayError when nothing could answer."""
+        plan, attempts = self.plan(call)
+        refusal: GatewayError | None = None
+        for st in plan:
+            req = self._request(st, call)
+            a = Attempt(st.name, req.body["model"])
+            try:
+                await call.hooks.before_attempt(st, req)
+            except GatewayError as e:
+                refusal = refusal or e
+                a.error, a.status = e.message, e.status
+                attempts.append(a)
+                continue
+            t0 = time.perf_counter()
+            try:
+                resp = await st.backend.complete(req)
+            except BackendError as e:
+                a.duration_s = time.perf_counter() - t0
+                a.error, a.status = e.message, e.status
+                attempts.append(a)
+                await self._finish(st, call, a)
+                if not e.retryable:
+                    raise ClientError(e, attempts) from None
+                st.record_failure(e.message)
+                continue
+            a.duration_s = time.perf_counter() - t0
+            a.ok, a.status, a.usage = True, 200, resp.usage
+            if resp.usage.estimated:
+                a.usage = _estimated_usage(call, resp.body)
+            st.record_success()
+            await self._finish(st, call, a)
+            attempts.append(a)
+            resp.body["model"] = call.model
+            return Result(resp.body, st.name, attempts)
+        raise self._fail(call, attempts, refusal)
+
+    async def open_stream(self, call: Call) -> Stream:
+        """Start a streamed call: fall back until one backend yields its first chunk."""
+        plan, attempts = self.plan(call)
+        refusal: GatewayError | None = None
+        for st in plan:
+            req = self._request(st, call)
+            a = Attempt(st.name, req.body["model"], streamed=True)
+            try:
+                await call.hooks.before_attempt(st, req)
+            except GatewayError as e:
+                refusal = refusal or e
+                a.error, a.status = e.message, e.status
+                attempts.append(a)
+                continue
+            t0 = time.perf_counter()
+            it = st.backend.stream(req).__aiter__()
+            try:
+                first = await it.__anext__()
+            except StopAsyncIteration:
+                e2: BackendError = BackendStreamError("stream ended before its first chunk")
+                await _aclose(it)
+                a.duration_s, a.error = time.perf_counter() - t0, e2.message
+                attempts.append(a)
+                await self._finish(st, call, a)
+                st.record_failure(e2.message)
+                continue
+            except BackendError as e:
+                await _aclose(it)
+                a.duration_s, a.error, a.status = time.perf_counter() - t0, e.message, e.status
+                attempts.append(a)
+                await self._finish(st, call, a)
+                if not e.retryable:
+                    raise ClientError(e, attempts) from None
+                st.record_failure(e.message)
+                continue
+            attempts.append(a)
+            return Stream(self, st, call, a, attempts, it, first, t0)
+        raise self._fail(call, attempts, refusal)
+
+
+class ClientError(GatewayError):
+    """A backend refused the request as the client's mistake (4xx other than 429): passed back as is."""
+
+    def __init__(self, err: BackendError, attempts: list[Attempt]) -> None:
+        super().__init__(err.message)
+        self.status = err.status or 400
+        self.upstream_body = err.body
+        self.attempts = attempts
+        self.type = "invalid_request_error"
+
+    def body(self) -> dict[str, Any]:
+        if isinstance(self.upstream_body, dict) and "error" in self.upstream_body:
+            return self.upstream_body
+        return super().body()
+
+
+class Stream:
+    """A stream whose first chunk has arrived: past this point there is no fallback.
+
+    Iterating yields the backend's chunks; a failure raises BackendError, which the API turns into a
+    terminal error event. Usage, duration and cost are settled exactly once, however the stream ends.
+    """
+
+    def __init__(
+        self,
+        manager: BackendManager,
+        state: BackendState,
+        call: Call,
+        attempt: Attempt,
+        attempts: list[Attempt],
+        it: AsyncIterator[dict[str, Any]],
+        first: dict[str, Any],
+        t0: float,
+    ) -> None:
+        self._manager, self.state, self.call, self.attempt = manager, state, call, attempt
+        self.attempts = attempts
+        self._it, self._first, self._t0 = it, first, t0
+        self._chars = 0
+        self._settled = False
+
+    @property
+    def backend(self) -> str:
+        return self.state.name
+
+    def _observe(self, chunk: dict[str, Any]) -> None:
+        u = chunk.get("usage")
+        if u:
+            usage = Usage.from_dict(u)
+            if usage is not None:
+                self.attempt.usage = usage
+        for ch in chunk.get("choices") or ():
+            d = ch.get("delta")
+            t = d.get("content") if isinstance(d, dict) else ch.get("text")
+            if isinstance(t, str):
+                self._chars += len(t)
+
+    async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        self._observe(self._first)
+        yield self._first
+        async for chunk in self._it:
+            self._observe(chunk)
+            yield chunk
+
+    async def settle(self, error: BaseException | None = None, *, client_gone: bool = False) -> None:
+        """Record the attempt's outcome; safe to call more than once."""
+        if self._settled:
+            return
+        self._settled = True
+        a = self.attempt
+        a.duration_s = time.perf_counter() - self._t0
+        if not a.usage.prompt_tokens and not a.usage.completion_tokens:
+            a.usage = _estimated_usage(self.call, None, self._chars)
+        if isinstance(error, BackendError):
+            a.error, a.status = error.message, error.status
+            self.state.record_failure(error.message)
+        elif error is not None:
+            a.error = f"{type(error).__name__}: {error}"
+        elif client_gone:
+            a.ok, a.status, a.error = True, 499, "client disconnected mid-stream"
+        else:
+            a.ok, a.status = True, 200
+            self.state.record_success()
+        await _aclose(self._it)
+        await self._manager._finish(self.state, self.call, a)
+
+
+def _estimated_usage(call: Call, body: dict[str, Any] | None, chars: int | None = None) -> Usage:
+    from hybridgate.protocol import prompt_text
+
+    if chars is None:
+        chars = 0
+        for ch in (body or {}).get("choices") or ():
+            msg = ch.get("message")
+            t = msg.get("content") if isinstance(msg, dict) else ch.get("text")
+            chars += len(t) if isinstance(t, str) else 0
+    return Usage(_estimate_tokens(len(prompt_text(call.body, call.endpoint))), _estimate_tokens(chars), estimated=True)
+
+
+async def _aclose(it: Any) -> None:
+    aclose = getattr(it, "aclose", None)
+    if aclose is not None:
+        try:
+            await aclose()
+        except Exception:  # closing a broken generator must not mask the original outcome
+            pass
+
+
+def _attempt_json(a: Attempt) -> dict[str, Any]:
+    return {"backend": a.backend, "ok": a.ok, "status": a.status, "error": a.error, "duration_s": round(a.duration_s, 4)}

@@ -1,0 +1,1 @@
+"""The product's test toolkit: the mock server, `hybridgate check` suites and the pytest plugin."""

@@ -1,0 +1,152 @@
+"""Start real hybridgate processes (gateway, mock server) on free loopback ports and wait on their health.
+
+Used by our own tests and by the pytest plugin's fixtures; no blind sleeps: every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_healthy(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll `url` until it answers 2xx; raise TimeoutError (or RuntimeError if `proc` died) otherwise."""
+    deadline = time.monotonic() + timeout
+    last: str = "no answer"
+    delay = 0.02
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with code {proc.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if 200 <= r.status < 300:
+                    return
+                last = f"HTTP {r.status}"
+        except urllib.error.HTTPError as e:
+            last = f"HTTP {e.code}"
+        except (urllib.error.URLError, OSError) as e:
+            last = str(e)
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.25)
+    raise TimeoutError(f"{url} did not become healthy within {timeout:g}s (last: {last})")
+
+
+@dataclass
+class Proc:
+    """A running child process with its base URL; stop() ends it (SIGTERM, then SIGKILL)."""
+
+    popen: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+    args: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return self.url + "/v1"
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def kill(self) -> None:
+        """SIGKILL: the crash case."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGKILL)
+            self.popen.wait(10)
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        return self.popen.returncode
+
+
+def _spawn(args: list[str], port: int, env: dict[str, str] | None, health_path: str, timeout: float,
+           cwd: str | os.PathLike[str] | None = None) -> Proc:
+    log = Path(tempfile.mkstemp(prefix="hybridgate-", suffix=".log")[1])
+    full_env = {**os.environ, **(env or {})}
+    cmd = [sys.executable, "-m", "hybridgate", *args]
+    with open(log, "wb") as fh:
+        popen = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=full_env, cwd=cwd)
+    proc = Proc(popen, port, log, cmd)
+    try:
+        wait_healthy(proc.url + health_path, timeout, popen)
+    except Exception as e:
+        proc.stop()
+        raise RuntimeError(f"{' '.join(cmd)} did not start: {e}\n--- log ---\n{proc.log()[-4000:]}") from None
+    return proc
+
+
+def start_mock_server(*, port: int | None = None, timeout: float = 30.0, **options: Any) -> Proc:
+    """`hybridgate mock-server` with options as keyword arguments (latency_ms=50, model=["a"], ...)."""
+    port = port or free_port()
+    args = ["mock-server", "--port", str(port)]
+    for k, v in options.items():
+        flag = "--" + k.replace("_", "-")
+        if isinstance(v, bool):
+            if v:
+                args.append(flag)
+        elif isinstance(v, list | tuple):
+            for item in v:
+                args += [flag, str(item)]
+        elif v is not None:
+            args += [flag, str(v)]
+    return _spawn(args, port, None, "/health", timeout)
+
+
+def write_config(config: dict[str, Any], directory: str | os.PathLike[str] | None = None) -> Path:
+    d = Path(directory or tempfile.mkdtemp(prefix="hybridgate-cfg-"))
+    path = d / "hybridgate.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def start_gateway(config: dict[str, Any] | str | os.PathLike[str] | None = None, *, port: int | None = None,
+                  env: dict[str, str] | None = None, timeout: float = 60.0, workdir: str | os.PathLike[str] | None = None,
+                  extra_args: list[str] | None = None) -> Proc:
+    """`hybridgate serve` on a config (a dict is written to a temporary file; None means the embedded default)."""
+    port = port or free_port()
+    args = ["serve", "--port", str(port)]
+    if isinstance(config, dict):
+        args += ["--config", str(write_config(config, workdir))]
+    elif config is not None:
+        args += ["--config", str(config)]
+    args += extra_args or []
+    return _spawn(args, port, env, "/health", timeout, cwd=workdir)
+
+
+def set_mock_behaviour(url: str, **changes: Any) -> dict[str, Any]:
+    """Change a running mock server's faults (`fail_rate`, `hang`, `latency_ms`, ...) and return the result."""
+    req = urllib.request.Request(url.rstrip("/") + "/_mock/config", data=orjson.dumps(changes), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return dict(orjson.loads(r.read()))
