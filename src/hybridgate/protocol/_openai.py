@@ -19,7 +19,8 @@ Endpoint = Literal["chat", "completions"]
 
 
 class _Open(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    # strict: "yes" is not a boolean and "0.5" is not a number, as OpenAI itself answers.
+    model_config = ConfigDict(extra="allow", strict=True)
 
 
 class StreamOptions(_Open):

@@ -1,0 +1,30 @@
+"""Shared fixtures: real processes on loopback ports (see hybridgate.testing.procs)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from hybridgate.testing.procs import Proc, start_gateway, start_mock_server
+
+
+@pytest.fixture
+def spawn() -> Iterator[dict[str, Callable[..., Proc]]]:
+    """Start mock servers and gateways; every process is stopped at the end of the test."""
+    procs: list[Proc] = []
+
+    def mock(**options: Any) -> Proc:
+        p = start_mock_server(**options)
+        procs.append(p)
+        return p
+
+    def gateway(config: Any = None, **kw: Any) -> Proc:
+        p = start_gateway(config, **kw)
+        procs.append(p)
+        return p
+
+    yield {"mock": mock, "gateway": gateway}
+    for p in procs:
+        p.stop()
