@@ -328,3 +328,23 @@ async def test_per_hour_price_is_prorated_by_duration() -> None:
 
     res = await BackendManager([Slow("a", price={"per_hour": 3600})]).complete(call())
     assert 0.19 < res.cost_usd < 0.5
+
+
+async def test_a_hanging_in_process_backend_times_out_and_falls_back() -> None:
+    class Hang(Fake):
+        async def complete(self, req: BackendRequest) -> BackendResponse:
+            await asyncio.Event().wait()
+            raise AssertionError("unreachable")
+
+        async def stream(self, req: BackendRequest) -> AsyncIterator[dict[str, Any]]:
+            await asyncio.Event().wait()
+            yield {}
+
+    h = Hang("h", 1)
+    h.config = h.config.model_copy(update={"timeouts": h.config.timeouts.model_copy(update={"total_s": 0.2, "first_byte_s": 0.2})})
+    mgr = BackendManager([h, Fake("b", 2)])
+    res = await mgr.complete(call())
+    assert res.backend == "b" and "timed out" in (res.attempts[0].error or "")
+    s = await mgr.open_stream(call())
+    assert s.backend == "b" and "first chunk" in (s.attempts[0].error or "")
+    await s.settle()

@@ -59,6 +59,7 @@ class MockBehaviour:
     fail_status: int = 500
     hang: bool = False
     drop_mid_stream: bool = False
+    stall_mid_stream: bool = False
     seed: int = 0
 
     @classmethod
@@ -129,7 +130,7 @@ class MockEngine:
         words = [_WORDS[(start + i) % len(_WORDS)] for i in range(length)]
         text = " ".join(w for w in words if w)
         text = text.replace(" .", ".").replace(" ,", ",").strip(" ,.")
-        return text[0].upper() + text[1:] + "."
+        return ". ".join(s[:1].upper() + s[1:] for s in text.split(". ")) + "."
 
     def should_fail(self) -> bool:
         b = self.behaviour
@@ -165,15 +166,18 @@ class MockEngine:
         return response_body(endpoint, completion_id(endpoint), model, gen.text, gen.finish_reason, gen.usage()), gen
 
     async def chunks(self, endpoint: Endpoint, body: dict[str, Any], model: str) -> AsyncIterator[dict[str, Any] | None]:
-        """Stream chunks; yields None at the point where a mid-stream drop is injected."""
+        """Stream chunks; yields None where a mid-stream drop is injected, and blocks there for a stall."""
         gen = self.generate(endpoint, body)
         id_, created = completion_id(endpoint), int(time.time())
         delay = self.token_delay()
         if endpoint == "chat":
             yield chunk_body(endpoint, id_, model, created, role=True)
-        drop_at = max(1, len(gen.tokens) // 2) if self.behaviour.drop_mid_stream else -1
+        b = self.behaviour
+        drop_at = max(1, len(gen.tokens) // 2) if (b.drop_mid_stream or b.stall_mid_stream) else -1
         for i, tok in enumerate(gen.tokens):
             if i == drop_at:
+                if b.stall_mid_stream:
+                    await asyncio.Event().wait()  # stop sending, keep the connection open
                 yield None
                 return
             if delay and i:

@@ -57,7 +57,9 @@ class OpenAIBackend(Backend):
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=300)
         self._session = aiohttp.ClientSession(
             connector=connector,
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=t.connect_s),
+            # sock_read bounds every gap between bytes, so a stream that stalls mid-way fails instead of
+            # holding the client until total_s.
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=t.connect_s, sock_read=t.first_byte_s),
             auto_decompress=True,
             skip_auto_headers=("User-Agent",),
         )
@@ -81,12 +83,15 @@ class OpenAIBackend(Backend):
         try:
             async with asyncio.timeout_at(first_byte_by):
                 resp = await self.session.post(url, data=body, headers=self._headers)
+        # aiohttp's timeouts subclass TimeoutError: catch them first to say which one it was.
+        except aiohttp.ConnectionTimeoutError:
+            raise BackendTimeoutError(f"connect timed out after {t.connect_s:g}s") from None
+        except aiohttp.ServerTimeoutError:
+            raise BackendTimeoutError(f"timed out waiting for the first byte after {t.first_byte_s:g}s") from None
         except TimeoutError:
             which = "total" if first_byte_by == deadline else "first byte"
             limit = t.total_s if which == "total" else t.first_byte_s
             raise BackendTimeoutError(f"timed out waiting for the {which} after {limit:g}s") from None
-        except aiohttp.ServerTimeoutError:
-            raise BackendTimeoutError(f"connect timed out after {t.connect_s:g}s") from None
         except aiohttp.ClientConnectorError as e:
             raise BackendConnectError(f"cannot connect to {self.base_url}: {e.os_error or e}") from None
         except (aiohttp.ClientError, OSError) as e:
@@ -112,6 +117,8 @@ class OpenAIBackend(Backend):
         try:
             async with asyncio.timeout_at(deadline):
                 raw = await resp.read()
+        except aiohttp.ServerTimeoutError:
+            raise BackendTimeoutError(f"response stalled: no data for {self.config.timeouts.first_byte_s:g}s") from None
         except TimeoutError:
             raise BackendTimeoutError(f"timed out reading the response after {self.config.timeouts.total_s:g}s") from None
         except (aiohttp.ClientError, OSError) as e:
@@ -152,6 +159,8 @@ class OpenAIBackend(Backend):
                         msg = err.get("message") if isinstance(err, dict) else err
                         raise BackendStreamError(f"backend sent an error mid-stream: {msg}")
                     yield chunk
+        except aiohttp.ServerTimeoutError:
+            raise BackendTimeoutError(f"stream stalled: no data for {self.config.timeouts.first_byte_s:g}s") from None
         except TimeoutError:
             raise BackendTimeoutError(f"stream exceeded the total timeout of {self.config.timeouts.total_s:g}s") from None
         except (aiohttp.ClientError, OSError) as e:

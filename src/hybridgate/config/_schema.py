@@ -71,6 +71,7 @@ class MockOptions(_Strict):
     fail_status: int = Field(500, ge=400, le=599)
     hang: bool = False
     drop_mid_stream: bool = False
+    stall_mid_stream: bool = False
     seed: int = 0
 
 

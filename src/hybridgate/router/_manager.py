@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -206,7 +207,16 @@ class BackendManager:
                 continue
             t0 = time.perf_counter()
             try:
-                resp = await st.backend.complete(req)
+                # Adapters enforce finer timeouts themselves; this bounds in-process ones (mock, llamacpp) too.
+                async with asyncio.timeout(st.backend.config.timeouts.total_s):
+                    resp = await st.backend.complete(req)
+            except TimeoutError:
+                a.duration_s = time.perf_counter() - t0
+                a.error = f"timed out after {st.backend.config.timeouts.total_s:g}s (total)"
+                attempts.append(a)
+                await self._finish(st, call, a)
+                st.record_failure(a.error)
+                continue
             except BackendError as e:
                 a.duration_s = time.perf_counter() - t0
                 a.error, a.status = e.message, e.status
@@ -244,7 +254,16 @@ class BackendManager:
             t0 = time.perf_counter()
             it = st.backend.stream(req).__aiter__()
             try:
-                first = await it.__anext__()
+                async with asyncio.timeout(st.backend.config.timeouts.first_byte_s):
+                    first = await it.__anext__()
+            except TimeoutError:
+                await _aclose(it)
+                a.duration_s = time.perf_counter() - t0
+                a.error = f"timed out waiting for the first chunk after {st.backend.config.timeouts.first_byte_s:g}s"
+                attempts.append(a)
+                await self._finish(st, call, a)
+                st.record_failure(a.error)
+                continue
             except StopAsyncIteration:
                 e2: BackendError = BackendStreamError("stream ended before its first chunk")
                 await _aclose(it)
