@@ -1,0 +1,157 @@
+"""The write-behind ledger: rows queue in memory and a background task writes them in batches.
+
+No request waits on the database. A batch is written every `interval_s` (0.25 s), or at once when
+`max_batch` rows are waiting; a clean shutdown writes everything left. A crash (kill -9, power loss of
+the process) loses what was not yet written: at most about the last second of rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from sqlalchemy import insert, update
+
+from hybridgate.store import Store, api_keys, ledger
+
+log = logging.getLogger("hybridgate.ledger")
+
+Row = dict[str, Any]
+
+
+class LedgerRecorder:
+    """Queues ledger rows and writes them, with each key's spend, in one transaction per batch."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        interval_s: float = 0.25,
+        max_batch: int = 1000,
+        max_pending: int = 200_000,
+    ) -> None:
+        self.store = store
+        self.interval_s = interval_s
+        self.max_batch = max_batch
+        self.max_pending = max_pending
+        self._rows: list[Row] = []
+        # Cost per key of rows not yet committed (queued or being written): spend = database + this.
+        self.pending_cost: dict[str, float] = defaultdict(float)
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.written = 0
+        self.dropped = 0
+        self.failures = 0
+        # Run after each flush while the lock is still held (the budget book's reload from the database).
+        self.after_flush: Callable[[], Awaitable[None]] | None = None
+
+    @property
+    def pending(self) -> int:
+        return len(self._rows)
+
+    def add(self, row: Row) -> None:
+        """Queue one row; never blocks and never fails (the request path calls this)."""
+        self._rows.append(row)
+        if row["key_id"] is not None and row["cost_usd"]:
+            self.pending_cost[row["key_id"]] += row["cost_usd"]
+        if len(self._rows) >= self.max_batch:
+            self._wake.set()
+        if len(self._rows) > self.max_pending:
+            # The database has been failing for a long time; keep memory bounded, loudly.
+            drop = self._rows[: len(self._rows) - self.max_pending]
+            del self._rows[: len(drop)]
+            self._forget(drop)
+            self.dropped += len(drop)
+            log.error("ledger: database unavailable too long, dropped %d oldest unwritten rows", len(drop))
+
+    def _forget(self, rows: list[Row]) -> None:
+        for r in rows:
+            if r["key_id"] is not None and r["cost_usd"]:
+                left = self.pending_cost[r["key_id"]] - r["cost_usd"]
+                if left > 1e-12:
+                    self.pending_cost[r["key_id"]] = left
+                else:
+                    del self.pending_cost[r["key_id"]]
+
+    async def flush(self) -> int:
+        """Write everything queued now; returns the number of rows written (0 on failure, rows kept)."""
+        async with self._lock:
+            n = await self._flush_locked()
+            if self.after_flush is not None:
+                await self.after_flush()
+            return n
+
+    async def _flush_locked(self) -> int:
+        # Take the queue as it is; rows added meanwhile go to a fresh list and wait for the next flush.
+        rows, self._rows = self._rows, []
+        done = 0
+        while done < len(rows):
+            batch = rows[done : done + self.max_batch]
+            spend: dict[str, float] = defaultdict(float)
+            for r in batch:
+                if r["key_id"] is not None and r["cost_usd"]:
+                    spend[r["key_id"]] += r["cost_usd"]
+            try:
+                async with self.store.engine.begin() as conn:
+                    await conn.execute(insert(ledger), batch)
+                    for key_id, amount in spend.items():
+                        await conn.execute(
+                            update(api_keys)
+                            .where(api_keys.c.id == key_id)
+                            .values(spent_usd=api_keys.c.spent_usd + amount)
+                        )
+            except Exception as e:
+                self._rows = rows[done:] + self._rows  # kept, in order, for the next try
+                self.failures += 1
+                if self.failures == 1 or self.failures % 40 == 0:
+                    log.error("ledger: cannot write %d rows (kept, retrying): %s", len(rows) - done, e)
+                return done
+            if self.failures:
+                log.info("ledger: writing again after %d failed attempts", self.failures)
+                self.failures = 0
+            self._forget(batch)
+            self.written += len(batch)
+            done += len(batch)
+        return done
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="ledger:flush")
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(self.interval_s):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            t0 = time.perf_counter()
+            try:
+                await self.flush()
+            except Exception:  # a bug here must not stop the ledger for good
+                log.exception("ledger: flush failed")
+            if time.perf_counter() - t0 > 1.0:
+                log.warning("ledger: a flush took %.2fs; the database is slow", time.perf_counter() - t0)
+
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop the loop and write what is left (a clean shutdown loses nothing)."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        deadline = time.monotonic() + timeout_s
+        while self._rows and time.monotonic() < deadline:
+            async with self._lock:
+                await self._flush_locked()
+            if self._rows:
+                await asyncio.sleep(0.2)
+        if self._rows:
+            log.error("ledger: %d rows could not be written before shutdown", len(self._rows))
+
+
+__all__ = ["LedgerRecorder", "Row"]
