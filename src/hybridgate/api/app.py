@@ -15,14 +15,16 @@ from typing import Any
 
 
 from hybridgate._asgi import ClientGone, Receive, Scope, Send, header, read_body, send_bytes, send_error, send_json
-from hybridgate.api import health, inference
-from hybridgate.auth import Authenticator, Principal
+from hybridgate.api import admin, health, inference, usage
+from hybridgate.auth import Authenticator, KeyCache, KeyStore, KeyWatcher, Principal
 from hybridgate.backends import build_backend
 from hybridgate.config import Config, ConfigError, load_config
+from hybridgate.ledger import Ledger
 from hybridgate.observability import Metrics, log_request
 from hybridgate.protocol import GatewayError, NotFoundError
 from hybridgate.protocol._errors import BadRequestError
 from hybridgate.router import BackendManager, CallHooks, health_loop
+from hybridgate.store import Store
 
 log = logging.getLogger("hybridgate.app")
 
@@ -44,8 +46,11 @@ class Gateway:
             self.manager = BackendManager([build_backend(b) for b in config.backends], priority or ())
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        self.auth = Authenticator(master_key)
+        self.store = Store(config.database)  # connects (and migrates) at startup, not here
+        self.keys = KeyCache()
+        self.auth = Authenticator(master_key, self.keys)
         self.metrics = Metrics(lambda: [s.snapshot() for s in self.manager.states.values()])
+        self.ledger = Ledger(self.store, self.metrics.registry)
         # Set by later layers (budgets, ledger): principal, request context -> per-call hooks.
         self.hooks_for: Callable[[Principal, dict[str, Any]], CallHooks] | None = None
         self.started_at = time.time()
@@ -63,7 +68,16 @@ class Gateway:
             ("POST", "/v1/chat/completions"): self._chat,
             ("POST", "/v1/completions"): self._completions,
             ("GET", "/v1/models"): self._models,
+            ("GET", "/v1/usage"): self._usage,
         }
+        # Path prefixes with their own dispatch, tried only when no exact route matched.
+        self.mounts: dict[str, Handler] = {
+            admin.PREFIX: admin.AdminAPI(self.auth, KeyStore(self.store), self.keys, self.manager.models),
+        }
+        self.hooks_for = self.ledger.hooks_for
+        watcher = KeyWatcher(KeyStore(self.store), self.keys)
+        self.extra_startup += [self.store.open, watcher.start, self.ledger.start]
+        self.extra_shutdown += [self.ledger.stop, watcher.stop, self.store.close]
 
     # --- lifespan -------------------------------------------------------------------------------
     async def startup(self) -> None:
@@ -76,7 +90,7 @@ class Gateway:
         log.info(
             "gateway started",
             extra={"fields": {"backends": [b.name for b in self.manager.backends], "models": self.manager.models(),
-                              "auth": "master key" if self.auth.required else "none", "config": self.config.source}},
+                              "auth": self.auth.mode, "config": self.config.source}},
         )
 
     async def shutdown(self) -> None:
@@ -122,6 +136,10 @@ class Gateway:
             return
         handler = self.v1_routes.get((method, path))
         if handler is None:
+            mount = next((h for p, h in self.mounts.items() if path.startswith(p)), None)
+            if mount is not None:
+                await mount(scope, receive, send)
+                return
             await self._not_found(method, path, send)
             return
         t0 = time.perf_counter()
@@ -209,6 +227,9 @@ class Gateway:
             if not allowed or m in allowed
         ]
         await send_json(send, 200, {"object": "list", "data": data})
+
+    async def _usage(self, scope: Scope, receive: Receive, send: Send, ctx: dict[str, Any]) -> None:
+        await usage.handle(self.ledger, scope, receive, send, ctx)
 
     async def _health(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send_json(send, 200, health.liveness(self))
