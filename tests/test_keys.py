@@ -1,0 +1,250 @@
+"""API keys end to end: the CLI and the admin API against a running gateway, driven by the openai client."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from _accounts import MSG, cli, gateway_config, sqlite_url, wait_until
+from hybridgate.auth import KeyCache
+from hybridgate.testing.procs import Proc, start_gateway
+
+MASTER = "master-" + "x" * 24
+BACKENDS: list[dict[str, Any]] = [
+    {"name": "mock", "kind": "mock", "models": {"mock": "mock"}, "price": {"free": True}},
+    {"name": "other", "kind": "mock", "models": {"other": "mock"}, "price": {"free": True}},
+]
+
+
+def client(gw: Proc, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.base_url, api_key=key, max_retries=0)
+
+
+def chat(gw: Proc, key: str, model: str = "mock") -> Any:
+    return client(gw, key).chat.completions.create(model=model, messages=MSG, max_tokens=8)  # type: ignore[arg-type]
+
+
+def status_of(gw: Proc, key: str, model: str = "mock") -> tuple[int, str]:
+    """(HTTP status, error message or '') of one chat call with `key`."""
+    try:
+        chat(gw, key, model)
+    except openai.APIStatusError as e:
+        return e.status_code, str(e.body.get("message") if isinstance(e.body, dict) else e.body)
+    return 200, ""
+
+
+@pytest.fixture(scope="module")
+def cli_gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc, Path]]:
+    """A gateway without a master key; keys are managed with the CLI on the same database."""
+    d = tmp_path_factory.mktemp("keys-cli")
+    cfg = gateway_config(sqlite_url(d), BACKENDS, d)
+    gw = start_gateway(cfg)
+    yield gw, cfg
+    gw.stop()
+
+
+@pytest.fixture(scope="module")
+def admin_gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+    d = tmp_path_factory.mktemp("keys-admin")
+    gw = start_gateway(gateway_config(sqlite_url(d), BACKENDS, d), env={"HYBRIDGATE_MASTER_KEY": MASTER})
+    yield gw
+    gw.stop()
+
+
+def create(cfg: Path, *args: str) -> str:
+    r = cli("keys", "create", "--config", str(cfg), *args)
+    assert r.code == 0, r.err
+    return r.out.strip()
+
+
+def key_id(cfg: Path, name: str) -> str:
+    r = cli("keys", "list", "--config", str(cfg), "--output", "json")
+    assert r.code == 0, r.err
+    return str(next(k["id"] for k in r.json() if k["name"] == name))
+
+
+def test_key_lifecycle_through_the_cli(cli_gw: tuple[Proc, Path]) -> None:
+    gw, cfg = cli_gw
+    secret = create(cfg, "--name", "alice", "--budget-usd", "2.5", "--rpm", "100")
+    assert re.fullmatch(r"hg-[A-Za-z0-9_-]{43}", secret), secret  # 32 random bytes, base64url
+
+    # Created by another process: the running gateway takes it within the key cache's TTL, no restart.
+    t0 = time.monotonic()
+    wait_until(
+        lambda: status_of(gw, secret)[0] == 200, timeout=KeyCache.ttl_s + 5, what="the new key to work"
+    )
+    assert time.monotonic() - t0 <= KeyCache.ttl_s + 2.0
+
+    listed = cli("keys", "list", "--config", str(cfg), "--output", "json")
+    assert listed.code == 0
+    [alice] = [k for k in listed.json() if k["name"] == "alice"]
+    assert {"name", "id", "prefix", "budget_usd", "spent_usd", "status"} <= set(alice)
+    assert alice["status"] == "active" and alice["budget_usd"] == 2.5 and alice["rpm"] == 100
+    assert secret.startswith(alice["prefix"]) and len(alice["prefix"]) < 16
+    assert secret not in listed.out
+    table = cli("keys", "list", "--config", str(cfg))
+    assert table.code == 0 and "alice" in table.out and secret not in table.out
+
+    # Once a key exists the gateway is authenticated: no key, or a made-up one, is 401.
+    no_key = httpx.post(gw.base_url + "/chat/completions", json={"model": "mock", "messages": MSG})
+    assert no_key.status_code == 401 and "Missing API key" in no_key.json()["error"]["message"]
+    assert status_of(gw, "nothing")[0] == 401
+    code, msg = status_of(gw, "hg-" + "A" * 43)
+    assert code == 401 and "Invalid API key" in msg
+
+    r = cli("keys", "revoke", alice["id"], "--config", str(cfg))
+    assert r.code == 0, r.err
+    code, msg = wait_until(
+        lambda: (s := status_of(gw, secret))[0] == 401 and s, timeout=KeyCache.ttl_s + 5, what="revocation"
+    )
+    assert "revoked" in msg and "alice" in msg
+    after = next(
+        k for k in cli("keys", "list", "--config", str(cfg), "-o", "json").json() if k["id"] == alice["id"]
+    )
+    assert after["status"] == "revoked"
+    assert cli("keys", "revoke", "key_doesnotexist", "--config", str(cfg)).code == 3
+
+
+def test_only_a_hash_of_the_key_is_stored(cli_gw: tuple[Proc, Path]) -> None:
+    _, cfg = cli_gw
+    secret = create(cfg, "--name", "hashed")
+    files = list(cfg.parent.glob("hybridgate.db*"))
+    assert files
+    for f in files:
+        data = f.read_bytes()
+        assert secret.encode() not in data and secret[3:].encode() not in data, f
+
+
+def test_model_restriction_is_403_and_filters_the_model_list(cli_gw: tuple[Proc, Path]) -> None:
+    gw, cfg = cli_gw
+    secret = create(cfg, "--name", "only-mock", "--models", "mock")
+    wait_until(
+        lambda: status_of(gw, secret)[0] == 200, timeout=KeyCache.ttl_s + 5, what="the new key to work"
+    )
+    code, msg = status_of(gw, secret, "other")
+    assert code == 403 and "may not use model 'other'" in msg
+    assert [m.id for m in client(gw, secret).models.list()] == ["mock"]
+    bad = cli("keys", "create", "--config", str(cfg), "--name", "typo", "--models", "mokc")
+    assert bad.code == 3 and "'mokc' is not a model of this gateway" in bad.err
+
+
+def test_an_expired_key_is_refused_saying_so(cli_gw: tuple[Proc, Path]) -> None:
+    gw, cfg = cli_gw
+    soon = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 4))
+    secret = create(cfg, "--name", "short-lived", "--expires", soon)
+    wait_until(
+        lambda: status_of(gw, secret)[0] == 200, timeout=KeyCache.ttl_s + 5, what="the new key to work"
+    )
+    _, msg = wait_until(lambda: (s := status_of(gw, secret))[0] == 401 and s, timeout=10, what="expiry")
+    assert "expired" in msg and "short-lived" in msg
+    past = cli("keys", "create", "--config", str(cfg), "--name", "x", "--expires", "2001-01-01")
+    assert past.code == 3 and "in the past" in past.err
+
+
+def test_admin_api_manages_keys_with_the_master_key_only(admin_gw: Proc) -> None:
+    url = admin_gw.url + "/admin/keys"
+    master = {"Authorization": f"Bearer {MASTER}"}
+    assert httpx.get(url).status_code == 401
+    assert httpx.get(url, headers={"Authorization": "Bearer wrong"}).status_code == 401
+
+    r = httpx.post(url, headers=master, json={"name": "bob", "budget_usd": 1, "rpm": 50, "models": ["mock"]})
+    assert r.status_code == 201, r.text
+    bob = r.json()
+    assert bob["key"].startswith("hg-") and bob["name"] == "bob" and bob["status"] == "active"
+    # Created through this gateway: usable at once, no TTL to wait for.
+    assert status_of(admin_gw, bob["key"]) == (200, "")
+    # A user key is a key, not the master key.
+    r = httpx.get(url, headers={"Authorization": f"Bearer {bob['key']}"})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "not_master"
+
+    listed = httpx.get(url, headers=master).json()
+    assert [k["name"] for k in listed["data"]] == ["bob"]
+    assert bob["key"] not in httpx.get(url, headers=master).text
+    assert httpx.get(f"{url}/{bob['id']}", headers=master).json()["prefix"] == bob["prefix"]
+
+    r = httpx.delete(f"{url}/{bob['id']}", headers=master)
+    assert r.status_code == 200 and r.json()["status"] == "revoked"
+    code, msg = status_of(admin_gw, bob["key"])
+    assert code == 401 and "revoked" in msg
+    assert httpx.post(f"{url}/key_nope/revoke", headers=master).status_code == 404
+    assert httpx.put(url, headers=master).status_code == 405
+
+    # The master key itself still works on /v1 and sees every model.
+    assert status_of(admin_gw, MASTER, "other") == (200, "")
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"budget_usd": 1}, "name"),
+        ({"name": "x", "budget_usd": -1}, "budget_usd"),
+        ({"name": "x", "rpm": 0}, "rpm"),
+        ({"name": "x", "models": ["nope"]}, "models"),
+        ({"name": "x", "expires_at": "yesterday-ish"}, "expires_at"),
+        ({"name": "x", "colour": "red"}, "colour"),
+    ],
+)
+def test_admin_api_rejects_a_bad_key_request_naming_the_field(
+    admin_gw: Proc, body: dict[str, Any], param: str
+) -> None:
+    r = httpx.post(admin_gw.url + "/admin/keys", headers={"Authorization": f"Bearer {MASTER}"}, json=body)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param
+
+
+def test_admin_api_is_off_without_a_master_key(cli_gw: tuple[Proc, Path]) -> None:
+    gw, _ = cli_gw
+    r = httpx.get(gw.url + "/admin/keys", headers={"Authorization": "Bearer anything"})
+    assert r.status_code == 403
+    assert "HYBRIDGATE_MASTER_KEY" in r.json()["error"]["message"]
+
+
+def test_without_keys_or_master_key_the_gateway_stays_open(tmp_path: Path) -> None:
+    gw = start_gateway(gateway_config(sqlite_url(tmp_path), BACKENDS, tmp_path))
+    try:
+        assert status_of(gw, "unused") == (200, "")
+        assert (
+            httpx.post(gw.base_url + "/chat/completions", json={"model": "mock", "messages": MSG}).status_code
+            == 200
+        )
+    finally:
+        gw.stop()
+
+
+def test_serve_first_key_creates_one_key_once_and_prints_how_to_use_it(tmp_path: Path) -> None:
+    cfg = gateway_config(sqlite_url(tmp_path), BACKENDS, tmp_path)
+    gw = start_gateway(cfg, extra_args=["--first-key"])
+    try:
+        m = re.search(r"export OPENAI_API_KEY=(hg-\S+)", gw.log())
+        assert m, gw.log()
+        assert f"export OPENAI_BASE_URL={gw.base_url}" in gw.log()
+        assert status_of(gw, m.group(1)) == (200, "")
+        assert status_of(gw, "unused")[0] == 401
+    finally:
+        gw.stop()
+    again = start_gateway(cfg, extra_args=["--first-key"])
+    try:
+        assert "OPENAI_API_KEY" not in again.log()
+        assert status_of(again, m.group(1)) == (200, "")
+    finally:
+        again.stop()
+    names = [k["name"] for k in cli("keys", "list", "--config", str(cfg), "-o", "json").json()]
+    assert names == ["local"]
+
+
+def test_serve_first_key_does_nothing_when_a_master_key_is_set(tmp_path: Path) -> None:
+    cfg = gateway_config(sqlite_url(tmp_path), BACKENDS, tmp_path)
+    gw = start_gateway(cfg, extra_args=["--first-key"], env={"HYBRIDGATE_MASTER_KEY": MASTER})
+    try:
+        assert "OPENAI_API_KEY" not in gw.log()
+        assert status_of(gw, MASTER) == (200, "")
+    finally:
+        gw.stop()
+    assert cli("keys", "list", "--config", str(cfg), "-o", "json").json() == []
