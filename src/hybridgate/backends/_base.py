@@ -100,6 +100,14 @@ class Backend(ABC):
     def stream(self, req: BackendRequest) -> AsyncIterator[dict[str, Any]]:
         """Yield OpenAI stream chunks (parsed) as the backend produces them; a usage chunk last if known."""
 
+    async def stream_batches(self, req: BackendRequest) -> AsyncIterator[list[dict[str, Any]]]:
+        """The same chunks, grouped as they arrived, so the gateway writes each group to its client at once.
+
+        One chunk per group by default; adapters that receive several at a time (over HTTP) override it.
+        """
+        async for chunk in self.stream(req):
+            yield [chunk]
+
     @abstractmethod
     async def check_health(self) -> None:
         """Return when healthy; raise BackendError saying why when not."""

@@ -135,30 +135,32 @@ class OpenAIBackend(Backend):
         return BackendResponse(body, usage)
 
     async def stream(self, req: BackendRequest) -> AsyncIterator[dict[str, Any]]:
+        async for batch in self.stream_batches(req):
+            for chunk in batch:
+                yield chunk
+
+    async def stream_batches(self, req: BackendRequest) -> AsyncIterator[list[dict[str, Any]]]:
+        """One group per network read: the events a server writes back to back cost the client one write."""
         deadline = _now() + self.config.timeouts.total_s
         body = dict(req.body)
         # Always ask for usage so the call can be costed; the router strips it if the client did not ask.
         body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         resp = await self._open(req, orjson.dumps(body), deadline)
         done = False
+        partial = b""  # a line cut in two by the network, completed by the next read
         try:
             async with asyncio.timeout_at(deadline):
-                async for line in resp.content:
-                    if not line.startswith(b"data:"):
-                        continue  # blank separators, comments, `event:` lines
-                    data = line[5:].strip()
-                    if data == b"[DONE]":
-                        done = True
+                while not done:
+                    data = await resp.content.readany()
+                    lines = (partial + data).split(b"\n")
+                    partial = lines.pop() if data else b""
+                    batch, done, error = _events(lines)
+                    if batch:
+                        yield batch
+                    if error is not None:
+                        raise error
+                    if not data:
                         break
-                    try:
-                        chunk = orjson.loads(data)
-                    except orjson.JSONDecodeError:
-                        raise BackendStreamError(f"malformed stream event: {data[:120]!r}") from None
-                    if isinstance(chunk, dict) and "error" in chunk and "choices" not in chunk:
-                        err = chunk["error"]
-                        msg = err.get("message") if isinstance(err, dict) else err
-                        raise BackendStreamError(f"backend sent an error mid-stream: {msg}")
-                    yield chunk
         except aiohttp.ServerTimeoutError:
             raise BackendTimeoutError(f"stream stalled: no data for {self.config.timeouts.first_byte_s:g}s") from None
         except TimeoutError:
@@ -182,6 +184,27 @@ class OpenAIBackend(Backend):
             raise BackendTimeoutError(f"health check {self._health_url} timed out after {h.timeout_s:g}s") from None
         except (aiohttp.ClientError, OSError) as e:
             raise BackendConnectError(f"health check {self._health_url} failed: {e}") from None
+
+
+def _events(lines: list[bytes]) -> tuple[list[dict[str, Any]], bool, BackendStreamError | None]:
+    """Parse SSE lines into chunks, up to `[DONE]` (done=True) or a bad event (returned after good ones)."""
+    out: list[dict[str, Any]] = []
+    for line in lines:
+        if not line.startswith(b"data:"):
+            continue  # blank separators, comments, `event:` lines
+        data = line[5:].strip()
+        if data == b"[DONE]":
+            return out, True, None
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return out, False, BackendStreamError(f"malformed stream event: {data[:120]!r}")
+        if isinstance(chunk, dict) and "error" in chunk and "choices" not in chunk:
+            err = chunk["error"]
+            msg = err.get("message") if isinstance(err, dict) else err
+            return out, False, BackendStreamError(f"backend sent an error mid-stream: {msg}")
+        out.append(chunk)
+    return out, False, None
 
 
 def _now() -> float:

@@ -252,7 +252,7 @@ class BackendManager:
                 attempts.append(a)
                 continue
             t0 = time.perf_counter()
-            it = st.backend.stream(req).__aiter__()
+            it = st.backend.stream_batches(req).__aiter__()
             try:
                 async with asyncio.timeout(st.backend.config.timeouts.first_byte_s):
                     first = await it.__anext__()
@@ -316,8 +316,8 @@ class Stream:
         call: Call,
         attempt: Attempt,
         attempts: list[Attempt],
-        it: AsyncIterator[dict[str, Any]],
-        first: dict[str, Any],
+        it: AsyncIterator[list[dict[str, Any]]],
+        first: list[dict[str, Any]],
         t0: float,
     ) -> None:
         self._manager, self.state, self.call, self.attempt = manager, state, call, attempt
@@ -343,11 +343,19 @@ class Stream:
                 self._chars += len(t)
 
     async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
-        self._observe(self._first)
-        yield self._first
-        async for chunk in self._it:
+        async for batch in self.batches():
+            for chunk in batch:
+                yield chunk
+
+    async def batches(self) -> AsyncIterator[list[dict[str, Any]]]:
+        """The chunks in the groups the backend received them in (the API writes a group at once)."""
+        for chunk in self._first:
             self._observe(chunk)
-            yield chunk
+        yield self._first
+        async for batch in self._it:
+            for chunk in batch:
+                self._observe(chunk)
+            yield batch
 
     async def settle(self, error: BaseException | None = None, *, client_gone: bool = False) -> None:
         """Record the attempt's outcome; safe to call more than once."""

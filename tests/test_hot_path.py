@@ -1,0 +1,78 @@
+"""Behaviour kept by the performance changes on the request path (numbers: benchmarks/README.md)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+import pytest
+from aiohttp import web
+
+from hybridgate.backends import BackendRequest, BackendStreamError
+from hybridgate.backends.openai_http import OpenAIBackend
+from hybridgate.config import BackendConfig
+
+
+def _event(i: int) -> bytes:
+    return b"data: " + orjson.dumps({"choices": [{"index": 0, "delta": {"content": f"w{i}"}}]}) + b"\n\n"
+
+
+async def _upstream(writes: list[bytes]) -> tuple[web.AppRunner, int]:
+    """An upstream that sends `writes` one by one, with a pause between them (so each is its own read)."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for w in writes:
+            await resp.write(w)
+            await asyncio.sleep(0.02)
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, port
+
+
+async def _batches(writes: list[bytes], got: list[list[str]] | None = None) -> list[list[str]]:
+    """The content of each batch the backend yields for an upstream that sends `writes`."""
+    got = [] if got is None else got
+    runner, port = await _upstream(writes)
+    cfg = BackendConfig(name="up", kind="openai", base_url=f"http://127.0.0.1:{port}/v1", models={"m": "m"})
+    backend = OpenAIBackend(cfg)
+    await backend.start()
+    try:
+        req = BackendRequest("chat", {"model": "m", "messages": [{"role": "user", "content": "hi"}]}, "m")
+        async for batch in backend.stream_batches(req):
+            got.append([c["choices"][0]["delta"]["content"] for c in batch])
+        return got
+    finally:
+        await backend.close()
+        await runner.cleanup()
+
+
+async def test_events_written_together_arrive_as_one_batch_and_split_lines_are_rejoined() -> None:
+    e0, e1, e2, e3 = (_event(i) for i in range(4))
+    writes = [e0 + e1, e2[:10], e2[10:] + e3, b"data: [DONE]\n\n"]
+    assert await _batches(writes) == [["w0", "w1"], ["w2", "w3"]]
+
+
+async def test_good_events_before_an_error_event_are_delivered_then_the_error_raised() -> None:
+    err = b'data: {"error": {"message": "boom"}}\n\n'
+    got: list[list[str]] = []
+    with pytest.raises(BackendStreamError, match="boom"):
+        await _batches([_event(0) + err], got)
+    assert got == [["w0"]]
+
+
+async def test_stream_without_done_is_an_error_after_its_events() -> None:
+    got: list[list[str]] = []
+    with pytest.raises(BackendStreamError, match="without \\[DONE\\]"):
+        await _batches([_event(0), _event(1)], got)
+    assert got == [["w0"], ["w1"]]
