@@ -107,6 +107,7 @@ class Ledger:
     def reserve(self, p: Principal, backend: BackendConfig, req: BackendRequest) -> int | None:
         """Reserve this attempt's worst-case cost against the key's budget, or refuse the backend."""
         assert p.key_id is not None and p.budget_usd is not None
+        self._budgets[p.key_id] = (p.name, p.budget_usd)  # the gauge shows a new key before the next reload
         price = backend.price
         if price.is_zero:
             if price.free:
