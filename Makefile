@@ -22,9 +22,10 @@ $(VENV)/.installed-dev-$(EXTRAS): pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed-$(EXTRAS)
 install-dev: $(VENV)/.installed-dev-$(EXTRAS)
 
-## make run: the gateway on its embedded default (SQLite, local files, the mock and the local model)
+## make run: the gateway on its embedded default (SQLite, local files, the mock and the local model);
+## the first run creates an API key and prints it once (--first-key)
 run: install
-	$(BIN)/hybridgate serve $(ARGS)
+	$(BIN)/hybridgate serve --first-key $(ARGS)
 
 ## make test: install what the tests need and run the whole suite
 test: install-dev

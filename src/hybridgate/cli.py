@@ -166,6 +166,13 @@ def _with_store(cfg: Config, fn: Callable[[Store], Awaitable[T]]) -> T:
         raise fail(str(e), EXIT_UNREACHABLE) from None
 
 
+def _print(renderable: object) -> None:
+    """Print with rich; piped or redirected, wide enough that ids are never cut short."""
+    from rich.console import Console
+
+    (Console() if sys.stdout.isatty() else Console(width=200)).print(renderable)
+
+
 def _check_output(output: str) -> None:
     if output not in ("table", "json"):
         raise fail(f"--output must be table or json, not '{output}'")
@@ -232,17 +239,17 @@ def keys_list(config: ConfigOpt = None, output: OutputOpt = "table") -> None:
     if output == "json":
         typer.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"API keys ({cfg.database})", title_justify="left")
     for col in ("name", "id", "prefix", "status", "budget", "spent", "rpm", "models", "expires"):
-        table.add_column(col, justify="right" if col in ("budget", "spent", "rpm") else "left")
+        table.add_column(col, justify="right" if col in ("budget", "spent", "rpm") else "left",
+                         no_wrap=col in ("id", "prefix"))
     for x in rows:
         table.add_row(x["name"], x["id"], x["prefix"] + "...", x["status"],
                       "-" if x["budget_usd"] is None else f"${x['budget_usd']:g}", f"${x['spent_usd']:.6f}",
                       str(x["rpm"] or "-"), ", ".join(x["models"]) if x["models"] else "all", x["expires_at"] or "-")
-    Console().print(table if rows else "No API keys yet: `hybridgate keys create --name NAME` makes one.")
+    _print(table if rows else "No API keys yet: `hybridgate keys create --name NAME` makes one.")
 
 
 @keys_app.command("revoke")
@@ -278,7 +285,6 @@ def usage_cmd(
     if output == "json":
         typer.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
         return
-    from rich.console import Console
     from rich.table import Table
 
     span = f"since {fmt_time(start)}" if start else "all time"
@@ -290,7 +296,7 @@ def usage_cmd(
                       f"{x['output_tokens']:,}", f"{x['cost_usd']:.6f}")
     table.add_section()
     table.add_row("total", "", "", "", "", f"{report['total_cost_usd']:.6f}")
-    Console().print(table)
+    _print(table)
 
 
 @db_app.command("upgrade")
