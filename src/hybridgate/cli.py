@@ -7,10 +7,11 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Optional, TypeVar
+from typing import Annotated, Any, Optional, TypeVar
 
 import orjson
 import typer
+import typer.core
 
 from hybridgate.auth import KeyCache, KeySpecError, KeyStore, NewKey, fmt_time, parse_spec
 from hybridgate.config import Config, ConfigError, load_config
@@ -19,7 +20,38 @@ from hybridgate.store import Store, StoreError, current_revision, head_revision,
 
 EXIT_CONFIG = 3
 
+
+try:  # newer typer vendors click; its usage errors are typer._click's, not click's
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+except ImportError:  # pragma: no cover - typer that still uses click itself
+    from click.exceptions import NoArgsIsHelpError, UsageError  # type: ignore[assignment]
+
+
+class _Group(typer.core.TyperGroup):
+    """Bad arguments exit 3, not click's 2: in this CLI, 2 means something was unreachable."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().make_context(*args, **kwargs)
+        except UsageError as e:
+            _usage_exit(e)
+            raise
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UsageError as e:
+            _usage_exit(e)
+            raise
+
+
+def _usage_exit(e: UsageError) -> None:
+    if not isinstance(e, NoArgsIsHelpError):
+        e.exit_code = EXIT_CONFIG
+
+
 app = typer.Typer(
+    cls=_Group,
     name="hybridgate",
     help="A self-hosted, OpenAI-compatible AI gateway: routing, fallback, cost accounting, cheap honest tests.",
     no_args_is_help=True,
@@ -305,6 +337,116 @@ def db_upgrade(config: ConfigOpt = None) -> None:
     cfg = load_or_exit(config)
     rev = _with_store(cfg, lambda store: current_revision(store.engine))
     typer.secho(f"database {Store(cfg.database).describe()} is at revision {rev} (head: {head_revision()})", err=True)
+
+
+# --- check, wait, drift: the test toolkit; the logic lives in hybridgate.testing ----------------------------
+TextOrJson = Annotated[str, typer.Option("--output", "-o", help="text (a table) or json.")]
+
+
+def _text_or_json(output: str) -> str:
+    if output not in ("text", "json"):
+        raise fail(f"--output must be text or json, not '{output}'")
+    return output
+
+
+@app.command()
+def check(
+    target: Annotated[
+        str,
+        typer.Option(
+            help="OpenAI base URL, e.g. http://127.0.0.1:8080/v1 (health: GET /health at its root)."
+        ),
+    ],
+    suite: Annotated[
+        str, typer.Option(help="smoke, contract, canary, load, all, or a comma list.")
+    ] = "smoke",
+    api_key: Annotated[str | None, typer.Option(help="Bearer key for /v1 calls.")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Model to test (default: the first /v1/models lists).")
+    ] = None,
+    output: TextOrJson = "text",
+    json_file: Annotated[Path | None, typer.Option(help="Also write the JSON report to this file.")] = None,
+    duration: Annotated[str, typer.Option(help="Load test length: 30s, 2m, 1m30s.")] = "30s",
+    users: Annotated[int, typer.Option(help="Load test: concurrent users.")] = 4,
+    spawn_rate: Annotated[
+        float | None, typer.Option(help="Load test: users started per second (default: all at once).")
+    ] = None,
+    max_p95_ms: Annotated[
+        float | None, typer.Option(help="Fail when p95 latency exceeds this (load; smoke default 5000).")
+    ] = None,
+    max_error_rate: Annotated[
+        float | None, typer.Option(help="Load test: fail above this error fraction (0..1).")
+    ] = None,
+    request_timeout: Annotated[float, typer.Option(help="Seconds one request may take.")] = 60.0,
+) -> None:
+    """Test an OpenAI-compatible server. Exit 0 passed, 1 a test failed, 2 unreachable, 3 bad arguments."""
+    from hybridgate.testing.check import CheckConfigError, CheckOptions
+    from hybridgate.testing.check.cli import emit, run_for_cli
+
+    _text_or_json(output)
+    try:
+        opts = CheckOptions.create(
+            target,
+            suite,
+            api_key=api_key,
+            model=model,
+            duration=duration,
+            users=users,
+            spawn_rate=spawn_rate,
+            max_p95_ms=max_p95_ms,
+            max_error_rate=max_error_rate,
+            request_timeout_s=request_timeout,
+        )
+        if json_file is not None and not json_file.parent.is_dir():
+            raise CheckConfigError(f"--json-file: folder {json_file.parent} does not exist")
+    except CheckConfigError as e:
+        raise fail(str(e)) from None
+    report = run_for_cli(opts, output)
+    emit(report, output, json_file)
+    raise typer.Exit(report.exit_code)
+
+
+@app.command()
+def wait(
+    url: Annotated[str, typer.Option(help="Health endpoint to poll, e.g. http://127.0.0.1:8080/health.")],
+    timeout: Annotated[str, typer.Option(help="Give up after this long: 120, 30s, 2m.")] = "120",
+) -> None:
+    """Wait until a health endpoint answers 2xx (exit 0) or give up (exit 2)."""
+    from hybridgate.testing.check import parse_duration
+    from hybridgate.testing.procs import wait_healthy
+
+    if not url.startswith(("http://", "https://")):
+        raise fail(f"--url must be an http(s) URL, not {url!r}")
+    try:
+        seconds = parse_duration(timeout)
+    except ValueError as e:
+        raise fail(f"--timeout: {e}") from None
+    try:
+        waited = wait_healthy(url, seconds)
+    except TimeoutError as e:
+        raise fail(str(e), EXIT_UNREACHABLE) from None
+    typer.secho(f"{url} is healthy (after {waited:.1f}s)", err=True)
+
+
+@app.command()
+def drift(
+    mock_report: Annotated[Path, typer.Argument(help="Contract report (JSON) of the mock.")],
+    real_report: Annotated[Path, typer.Argument(help="Contract report (JSON) of the real backend.")],
+    output: TextOrJson = "text",
+) -> None:
+    """Where a mock's contract report differs from a real backend's. Exit 0 none, 1 drift, 3 bad input."""
+    from hybridgate.testing.drift import DriftInputError, compare_files, render_text
+
+    _text_or_json(output)
+    try:
+        found = compare_files(mock_report, real_report)
+    except DriftInputError as e:
+        raise fail(str(e)) from None
+    if output == "json":
+        typer.echo(orjson.dumps(found.as_dict(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        render_text(found)
+    raise typer.Exit(1 if found.items else 0)
 
 
 def main() -> None:

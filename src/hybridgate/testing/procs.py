@@ -28,18 +28,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_healthy(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
-    """Poll `url` until it answers 2xx; raise TimeoutError (or RuntimeError if `proc` died) otherwise."""
-    deadline = time.monotonic() + timeout
+def wait_healthy(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> float:
+    """Poll `url` until it answers 2xx; the seconds waited. TimeoutError, or RuntimeError if `proc` died."""
+    start = time.monotonic()
+    deadline = start + timeout
     last: str = "no answer"
     delay = 0.02
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with code {proc.returncode} before {url} answered")
         try:
-            with urllib.request.urlopen(url, timeout=2) as r:
+            # One attempt never outlives the deadline, so a hanging server cannot stretch the wait.
+            attempt = min(2.0, max(0.05, deadline - time.monotonic()))
+            with urllib.request.urlopen(url, timeout=attempt) as r:
                 if 200 <= r.status < 300:
-                    return
+                    return time.monotonic() - start
                 last = f"HTTP {r.status}"
         except urllib.error.HTTPError as e:
             last = f"HTTP {e.code}"
@@ -142,6 +145,32 @@ def start_gateway(config: dict[str, Any] | str | os.PathLike[str] | None = None,
         args += ["--config", str(config)]
     args += extra_args or []
     return _spawn(args, port, env, "/health", timeout, cwd=workdir)
+
+
+def wait_backend_ready(gateway_url: str, backend: str, timeout: float = 120.0) -> float:
+    """Poll a gateway's /health/backends until `backend` is healthy (a local model loads in the background).
+
+    Returns the seconds waited; TimeoutError names the backend's last state and error.
+    """
+    start = time.monotonic()
+    deadline = start + timeout
+    last: Any = "no answer"
+    delay = 0.05
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(gateway_url.rstrip("/") + "/health/backends", timeout=2) as r:
+                snaps = {b["name"]: b for b in orjson.loads(r.read())["backends"]}
+            b = snaps.get(backend)
+            if b is None:
+                raise ValueError(f"the gateway has no backend {backend!r} (it has: {', '.join(snaps)})")
+            if b["healthy"] and b["routable"]:
+                return time.monotonic() - start
+            last = {k: b.get(k) for k in ("state", "last_error")}
+        except (urllib.error.URLError, OSError) as e:
+            last = str(e)
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.5)
+    raise TimeoutError(f"backend {backend!r} of {gateway_url} not ready in {timeout:g}s (last: {last})")
 
 
 def set_mock_behaviour(url: str, **changes: Any) -> dict[str, Any]:

@@ -1,0 +1,177 @@
+"""Shared state of one check run: HTTP clients, the model under test, and the mapping of transport errors.
+
+The mapping is the heart of the exit-code contract: a refused connection is the target being unreachable
+(exit 2), while a timeout or a cut connection after the target answered is the target failing (exit 1).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from hybridgate.testing.check._options import CheckOptions
+
+if TYPE_CHECKING:
+    import openai
+
+
+class CheckFailed(AssertionError):
+    """The target answered, but not as the contract says; `metrics` still reach the report."""
+
+    def __init__(self, message: str, metrics: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.metrics = metrics
+
+
+class CheckSkipped(Exception):
+    """The test does not apply to this target (the reason says why)."""
+
+    def __init__(self, message: str, metrics: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.metrics = metrics
+
+
+class TargetUnreachable(Exception):
+    """The target did not accept a connection or did not answer its health endpoint at all."""
+
+
+@dataclass
+class Probe:
+    """What GET /health at the target's root answered during the preflight."""
+
+    status: int
+    latency_ms: float
+    body: str
+
+
+def _unreachable_cause(e: BaseException) -> bool:
+    while e is not None:
+        if isinstance(e, httpx.ConnectError | httpx.ConnectTimeout):
+            return True
+        e = e.__cause__  # type: ignore[assignment]
+    return False
+
+
+@contextmanager
+def guard(root: str) -> Iterator[None]:
+    """Turn transport and openai-client errors into TargetUnreachable or CheckFailed."""
+    try:
+        yield
+    except (CheckFailed, CheckSkipped, TargetUnreachable):
+        raise
+    except httpx.TimeoutException as e:
+        if isinstance(e, httpx.ConnectTimeout):
+            raise TargetUnreachable(f"connecting to {root} timed out") from e
+        raise CheckFailed(f"no answer in time ({type(e).__name__})") from e
+    except httpx.ConnectError as e:
+        raise TargetUnreachable(f"cannot connect to {root}: {e}") from e
+    except httpx.TransportError as e:
+        raise CheckFailed(f"connection broke: {type(e).__name__}: {e}") from e
+    except Exception as e:
+        import openai
+
+        if isinstance(e, openai.APITimeoutError):
+            raise CheckFailed("the openai client timed out") from e
+        if isinstance(e, openai.APIConnectionError):
+            if _unreachable_cause(e):
+                raise TargetUnreachable(f"cannot connect to {root}: {e.__cause__ or e}") from e
+            raise CheckFailed(f"the openai client lost the connection: {e.__cause__ or e}") from e
+        raise
+
+
+class Context:
+    """One per run; tests take what they need from it (URLs, clients, the model) and never build their own."""
+
+    def __init__(self, opts: CheckOptions) -> None:
+        self.opts = opts
+        self.target = opts.target
+        self.root = opts.root
+        self.headers = {"Authorization": f"Bearer {opts.api_key}"} if opts.api_key else {}
+        self.http = httpx.Client(
+            timeout=httpx.Timeout(opts.request_timeout_s, connect=opts.connect_timeout_s),
+            headers=self.headers,
+        )
+        self.probe: Probe | None = None
+        self.models: list[str] | None = None
+        self._model: str | None = opts.model
+        self._openai: openai.OpenAI | None = None
+        # Set by the load suite, read by the runner into the report's `load_test`.
+        self.load_test: dict[str, float] | None = None
+
+    def close(self) -> None:
+        self.http.close()
+        if self._openai is not None:
+            self._openai.close()
+
+    def url(self, path: str) -> str:
+        return f"{self.target}/{path.lstrip('/')}"
+
+    def preflight(self) -> Probe:
+        """GET /health at the root; any answer at all means reachable (a 404 too: OpenAI has no /health)."""
+        t0 = time.perf_counter()
+        try:
+            r = self.http.get(
+                self.root + "/health", timeout=httpx.Timeout(10.0, connect=self.opts.connect_timeout_s)
+            )
+        except httpx.TimeoutException as e:
+            if isinstance(e, httpx.ConnectTimeout):
+                raise TargetUnreachable(f"connecting to {self.root} timed out") from e
+            raise TargetUnreachable(
+                f"{self.root}/health accepted the connection but did not answer within 10s"
+            ) from e
+        except httpx.TransportError as e:
+            raise TargetUnreachable(f"cannot connect to {self.root}: {e}") from e
+        self.probe = Probe(r.status_code, (time.perf_counter() - t0) * 1000, r.text[:500])
+        return self.probe
+
+    def get(self, path: str) -> httpx.Response:
+        with guard(self.root):
+            return self.http.get(self.url(path))
+
+    def post(self, path: str, body: Any, **kw: Any) -> httpx.Response:
+        with guard(self.root):
+            return self.http.post(self.url(path), json=body, **kw)
+
+    def list_models(self) -> list[str]:
+        """Model ids from GET /v1/models (cached); CheckFailed when the listing is unusable."""
+        if self.models is None:
+            r = self.get("models")
+            if r.status_code != 200:
+                raise CheckFailed(f"GET /v1/models answered HTTP {r.status_code}: {r.text[:200]}")
+            try:
+                data = r.json()["data"]
+                self.models = [str(m["id"]) for m in data]
+            except (ValueError, KeyError, TypeError) as e:
+                raise CheckFailed(
+                    f"GET /v1/models is not a model list: {type(e).__name__}: {r.text[:200]}"
+                ) from None
+        return self.models
+
+    @property
+    def model(self) -> str:
+        """The model every request uses: --model, else the first one the target lists."""
+        if self._model is None:
+            models = self.list_models()
+            if not models:
+                raise CheckFailed("no model to test: GET /v1/models listed none and --model was not given")
+            self._model = models[0]
+        return self._model
+
+    @property
+    def openai(self) -> openai.OpenAI:
+        """The official client, without retries, so every answer it sees is the target's own."""
+        if self._openai is None:
+            import openai
+
+            self._openai = openai.OpenAI(
+                base_url=self.target,
+                api_key=self.opts.api_key or "unused",
+                max_retries=0,
+                timeout=httpx.Timeout(self.opts.request_timeout_s, connect=self.opts.connect_timeout_s),
+            )
+        return self._openai
