@@ -137,12 +137,12 @@ def test_model_restriction_is_403_and_filters_the_model_list(cli_gw: tuple[Proc,
 
 def test_an_expired_key_is_refused_saying_so(cli_gw: tuple[Proc, Path]) -> None:
     gw, cfg = cli_gw
-    soon = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 4))
-    secret = create(cfg, "--name", "short-lived", "--expires", soon)
+    # Counted from the CLI's clock: long enough to see the key work first, even on a slow machine.
+    secret = create(cfg, "--name", "short-lived", "--expires", "6s")
     wait_until(
         lambda: status_of(gw, secret)[0] == 200, timeout=KeyCache.ttl_s + 5, what="the new key to work"
     )
-    _, msg = wait_until(lambda: (s := status_of(gw, secret))[0] == 401 and s, timeout=10, what="expiry")
+    _, msg = wait_until(lambda: (s := status_of(gw, secret))[0] == 401 and s, timeout=15, what="expiry")
     assert "expired" in msg and "short-lived" in msg
     past = cli("keys", "create", "--config", str(cfg), "--name", "x", "--expires", "2001-01-01")
     assert past.code == 3 and "in the past" in past.err

@@ -63,6 +63,8 @@ class Authenticator:
     def __init__(self, master_key: str | None, keys: KeyCache | None = None) -> None:
         self._master = master_key.encode() if master_key else None
         self.keys = keys
+        # Principal per key, rebuilt when a reload brings a new record: one allocation per key, not per call.
+        self._principals: dict[str, tuple[KeyRecord, Principal]] = {}
 
     @property
     def has_master(self) -> bool:
@@ -113,7 +115,10 @@ class Authenticator:
                 "ask for a new key.",
                 code="key_expired",
             )
-        return Principal.of(rec)
+        cached = self._principals.get(rec.key_hash)
+        if cached is None or cached[0] is not rec:
+            cached = self._principals[rec.key_hash] = (rec, Principal.of(rec))
+        return cached[1]
 
 
 __all__ = [

@@ -215,9 +215,6 @@ class KeyCache:
             return None
         return rec
 
-    def by_id(self, key_id: str) -> KeyRecord | None:
-        return next((r for r in self.by_hash.values() if r.id == key_id), None)
-
 
 class KeyWatcher:
     """Keeps a KeyCache equal to the table: loaded at start, then reloaded every `cache.ttl_s`."""

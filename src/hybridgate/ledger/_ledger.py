@@ -46,6 +46,8 @@ class Ledger:
         # key id -> (name, budget) of keys with a budget, for the budget-remaining gauge
         self._budgets: dict[str, tuple[str, float]] = {}
         self.metrics = LedgerMetrics(registry, self._budget_rows, lambda: self.recorder.pending)
+        self._spend_children: dict[tuple[str, str, str], Any] = {}  # labelled counters, looked up once
+        self._day = ("", 0.0, 0.0)  # (UTC day, its start, its end): strftime once a day, not per row
         self.recorder.after_flush = self._maybe_reload
 
     # --- lifespan -------------------------------------------------------------------------------
@@ -140,10 +142,15 @@ class Ledger:
         cost = a.cost_usd
         self.book.settle(p.key_id, reservation, cost)
         now = time.time()
+        day, start, end = self._day
+        if not start <= now < end:
+            start = now - now % 86400
+            day, end = time.strftime("%Y-%m-%d", time.gmtime(now)), start + 86400
+            self._day = (day, start, end)
         self.recorder.add(
             {
                 "ts": now,
-                "day": time.strftime("%Y-%m-%d", time.gmtime(now)),
+                "day": day,
                 "request_id": request_id[:64],
                 "key_id": p.key_id,
                 "key_name": p.name,
@@ -162,7 +169,11 @@ class Ledger:
             }
         )
         if cost:
-            self.metrics.spend.labels(p.key_id or "", p.name, a.backend).inc(cost)
+            labels = (p.key_id or "", p.name, a.backend)
+            child = self._spend_children.get(labels)
+            if child is None:
+                child = self._spend_children[labels] = self.metrics.spend.labels(*labels)
+            child.inc(cost)
 
 
 class CallPolicy:
