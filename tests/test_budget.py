@@ -67,7 +67,7 @@ def usage(gw: Proc, key: str, group_by: str = "backend") -> dict[str, Any]:
 
 def spent(gw: Proc, key_id: str) -> float:
     r = httpx.get(f"{gw.url}/admin/keys/{key_id}", headers={"Authorization": f"Bearer {MASTER}"})
-    return float(r.json()["spent_usd"])
+    return float(r.json()["spent"])
 
 
 async def _one(client: openai.AsyncOpenAI, model: str) -> tuple[str, Any]:

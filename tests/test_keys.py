@@ -85,8 +85,10 @@ def test_key_lifecycle_through_the_cli(cli_gw: tuple[Proc, Path]) -> None:
     listed = cli("keys", "list", "--config", str(cfg), "--output", "json")
     assert listed.code == 0
     [alice] = [k for k in listed.json() if k["name"] == "alice"]
-    assert {"name", "id", "prefix", "budget_usd", "spent_usd", "status"} <= set(alice)
-    assert alice["status"] == "active" and alice["budget_usd"] == 2.5 and alice["rpm"] == 100
+    assert {"name", "id", "prefix", "budget", "spent", "status"} <= set(alice)
+    assert (
+        alice["status"] == "active" and alice["budget"] == 2.5 and alice["spent"] == 0 and alice["rpm"] == 100
+    )
     assert secret.startswith(alice["prefix"]) and len(alice["prefix"]) < 16
     assert secret not in listed.out
     table = cli("keys", "list", "--config", str(cfg))
@@ -154,10 +156,11 @@ def test_admin_api_manages_keys_with_the_master_key_only(admin_gw: Proc) -> None
     assert httpx.get(url).status_code == 401
     assert httpx.get(url, headers={"Authorization": "Bearer wrong"}).status_code == 401
 
-    r = httpx.post(url, headers=master, json={"name": "bob", "budget_usd": 1, "rpm": 50, "models": ["mock"]})
+    r = httpx.post(url, headers=master, json={"name": "bob", "budget": 1, "rpm": 50, "models": ["mock"]})
     assert r.status_code == 201, r.text
     bob = r.json()
     assert bob["key"].startswith("hg-") and bob["name"] == "bob" and bob["status"] == "active"
+    assert (bob["budget"], bob["spent"], bob["rpm"], bob["models"]) == (1, 0, 50, ["mock"])
     # Created through this gateway: usable at once, no TTL to wait for.
     assert status_of(admin_gw, bob["key"]) == (200, "")
     # A user key is a key, not the master key.

@@ -279,7 +279,7 @@ def keys_list(config: ConfigOpt = None, output: OutputOpt = "table") -> None:
                          no_wrap=col in ("id", "prefix"))
     for x in rows:
         table.add_row(x["name"], x["id"], x["prefix"] + "...", x["status"],
-                      "-" if x["budget_usd"] is None else f"${x['budget_usd']:g}", f"${x['spent_usd']:.6f}",
+                      "-" if x["budget"] is None else f"${x['budget']:g}", f"${x['spent']:.6f}",
                       str(x["rpm"] or "-"), ", ".join(x["models"]) if x["models"] else "all", x["expires_at"] or "-")
     _print(table if rows else "No API keys yet: `hybridgate keys create --name NAME` makes one.")
 

@@ -73,8 +73,8 @@ class KeyRecord:
             "name": self.name,
             "prefix": self.prefix,
             "status": self.status(),
-            "budget_usd": self.budget_usd,
-            "spent_usd": round(self.spent_usd, 8),
+            "budget": self.budget_usd,  # USD; None: no budget
+            "spent": round(self.spent_usd, 8),  # USD
             "rpm": self.rpm,
             "models": list(self.models) if self.models is not None else None,
             "created_at": fmt_time(self.created_at),

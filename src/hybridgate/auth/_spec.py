@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from hybridgate.store import parse_time
 
@@ -25,7 +25,7 @@ class KeySpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200)
-    budget_usd: float | None = Field(None, ge=0)
+    budget_usd: float | None = Field(None, ge=0, validation_alias=AliasChoices("budget_usd", "budget"))
     rpm: int | None = Field(None, ge=1)
     models: list[str] | None = None
     expires_at: str | float | None = None
