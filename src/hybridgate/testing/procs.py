@@ -136,13 +136,18 @@ def write_config(config: dict[str, Any], directory: str | os.PathLike[str] | Non
 def start_gateway(config: dict[str, Any] | str | os.PathLike[str] | None = None, *, port: int | None = None,
                   env: dict[str, str] | None = None, timeout: float = 60.0, workdir: str | os.PathLike[str] | None = None,
                   extra_args: list[str] | None = None) -> Proc:
-    """`hybridgate serve` on a config (a dict is written to a temporary file; None means the embedded default)."""
+    """`hybridgate serve` on a config (a dict is written to a temporary file; None means the embedded default).
+
+    It runs in `workdir`, a fresh temporary directory unless given, so relative paths in the config (the
+    default SQLite database `./.hybridgate/hybridgate.db`) never touch the caller's own files or keys.
+    """
     port = port or free_port()
+    workdir = workdir or tempfile.mkdtemp(prefix="hybridgate-gw-")
     args = ["serve", "--port", str(port)]
     if isinstance(config, dict):
         args += ["--config", str(write_config(config, workdir))]
     elif config is not None:
-        args += ["--config", str(config)]
+        args += ["--config", str(Path(config).resolve())]
     args += extra_args or []
     return _spawn(args, port, env, "/health", timeout, cwd=workdir)
 
