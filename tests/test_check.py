@@ -19,7 +19,7 @@ from hybridgate.cli import app
 from hybridgate.testing.check import CheckOptions, parse_duration, run_check
 from hybridgate.testing.check._canary import is_correct
 from hybridgate.testing.check._cases import percentile
-from hybridgate.testing.check._context import CheckFailed
+from hybridgate.testing.check._context import CheckFailed, Context, TargetUnreachable, guard
 from hybridgate.testing.check._sse import StreamChecker, iter_sse
 from hybridgate.testing.procs import Proc, free_port, start_gateway, start_mock_server, wait_backend_ready
 
@@ -446,6 +446,15 @@ def test_the_stream_checker_stops_at_the_first_bad_event(
     with pytest.raises(CheckFailed, match=error.replace("[", r"\[").replace("]", r"\]")):
         for data in events:
             c.feed(data)
+
+
+def test_a_refused_connection_through_the_openai_client_is_unreachable_not_a_failure() -> None:
+    ctx = Context(CheckOptions.create(f"http://127.0.0.1:{free_port()}/v1", "contract"))
+    try:
+        with pytest.raises(TargetUnreachable), guard(ctx.root):
+            ctx.openai.models.list()
+    finally:
+        ctx.close()
 
 
 def test_a_stream_without_done_is_truncated() -> None:

@@ -15,9 +15,9 @@ from hybridgate.testing.budget import (
     ModelPrice,
     PriceSpecError,
     UnknownPrice,
+    metered_http_client,
     parse_prices,
 )
-from hybridgate.testing.budget import BudgetTransport as _BudgetTransport
 from hybridgate.testing.procs import Proc, start_mock_server
 
 pytest_plugins = ["pytester"]
@@ -276,9 +276,15 @@ def test_mock_backend_faults_apply_and_are_reset_between_tests(pytester: pytest.
         def test_the_next_test_gets_a_healthy_mock(mock_backend, openai_client):
             assert mock_backend.config()["fail_rate"] == 0
             assert ask(openai_client).choices
+
+        def test_factory_mocks_reset_to_their_start_options(mock_backend_factory):
+            mb = mock_backend_factory(latency_ms=5, model=["a"])
+            mb.set(fail_rate=1, latency_ms=50)
+            cfg = mb.reset()
+            assert (cfg["latency_ms"], cfg["fail_rate"], mb.models) == (5, 0, ["a"])
         """
     )
-    run(pytester).assert_outcomes(passed=2)
+    run(pytester).assert_outcomes(passed=3)
 
 
 def test_gateway_fixture_runs_a_config_and_the_client_follows_it(
@@ -328,15 +334,13 @@ def _meter(cap: float, prices: dict[str, ModelPrice], owner: str = "t") -> tuple
 
 
 def test_calls_settle_to_the_cost_their_usage_reports(paid_server: Proc) -> None:
-    import httpx
-
     price = ModelPrice(input_per_mtok=1000, output_per_mtok=2000)
     ledger, meter = _meter(10.0, {"paid-model": price})
     client = openai.OpenAI(
         base_url=paid_server.base_url,
         api_key="x",
         max_retries=0,
-        http_client=httpx.Client(transport=_BudgetTransport(meter)),
+        http_client=metered_http_client(meter),
     )
     msgs = [{"role": "user", "content": "hello there"}]
     plain = client.chat.completions.create(model="paid-model", messages=msgs, max_tokens=5)  # type: ignore[arg-type]
@@ -374,15 +378,46 @@ def test_calls_settle_to_the_cost_their_usage_reports(paid_server: Proc) -> None
     client.close()
 
 
-def test_errors_from_the_api_cost_nothing(paid_server: Proc) -> None:
-    import httpx
+def test_async_streams_settle_to_their_usage_too(paid_server: Proc) -> None:
+    import asyncio
 
+    price = ModelPrice(input_per_mtok=1000, output_per_mtok=2000)
+    ledger, meter = _meter(10.0, {"paid-model": price})
+
+    async def main() -> tuple[int, int]:
+        client = openai.AsyncOpenAI(
+            base_url=paid_server.base_url,
+            api_key="x",
+            max_retries=0,
+            http_client=metered_http_client(meter, asynchronous=True),
+        )
+        try:
+            stream = await client.chat.completions.create(
+                model="paid-model",
+                messages=[{"role": "user", "content": "hello"}],
+                max_tokens=5,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            chunks = [c async for c in stream]
+        finally:
+            await client.close()
+        u = chunks[-1].usage
+        assert u is not None
+        return u.prompt_tokens, u.completion_tokens
+
+    tokens = asyncio.run(main())
+    assert ledger.spent_usd == pytest.approx(price.cost(*tokens))
+    assert ledger.reserved_usd == pytest.approx(0)
+
+
+def test_errors_from_the_api_cost_nothing(paid_server: Proc) -> None:
     ledger, meter = _meter(1.0, {"paid-model": ModelPrice(per_request=0.5)})
     client = openai.OpenAI(
         base_url=paid_server.base_url,
         api_key="x",
         max_retries=0,
-        http_client=httpx.Client(transport=_BudgetTransport(meter)),
+        http_client=metered_http_client(meter),
     )
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(

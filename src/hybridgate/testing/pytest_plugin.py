@@ -157,7 +157,7 @@ def hybridgate_ledger(pytestconfig: pytest.Config) -> BudgetLedger:
 @pytest.fixture(scope="session")
 def hybridgate_prices(pytestconfig: pytest.Config) -> dict[str, ModelPrice]:
     """Model prices from the hybridgate_prices ini option; override in a conftest.py to set them in code."""
-    return dict(pytestconfig.stash[_PRICES])
+    return dict(pytestconfig.stash[_PRICES])  # type: ignore[index]  # mypy and pytest's invariant Stash
 
 
 def _tier_forbids_paid(node: pytest.Item) -> str | None:
@@ -293,6 +293,7 @@ def mock_backend(_hybridgate_mock_server: Proc, pytestconfig: pytest.Config) -> 
 @pytest.fixture
 def mock_backend_factory() -> Iterator[Callable[..., MockBackend]]:
     """Start extra mock servers with options (`latency_ms=50`, `model=["a", "b"]`); stopped after the test."""
+    from hybridgate.backends.mock import MockBehaviour
     from hybridgate.testing.procs import start_mock_server
 
     started: list[MockBackend] = []
@@ -301,7 +302,9 @@ def mock_backend_factory() -> Iterator[Callable[..., MockBackend]]:
         models = options.get("model") or ["mock"]
         models = [models] if isinstance(models, str) else list(models)
         proc = start_mock_server(**{**options, "model": models})
-        defaults = {k: v for k, v in options.items() if k not in ("model", "api_key", "port", "timeout")}
+        # reset() returns to what it was started with, every other fault off
+        behaviour = MockBehaviour().as_dict()
+        defaults = {**behaviour, **{k: v for k, v in options.items() if k in behaviour}}
         mb = MockBackend(proc, models, defaults)
         started.append(mb)
         return mb
@@ -392,10 +395,9 @@ def openai_client_factory(
     `target` is a URL (prices from hybridgate_prices), a mock_backend (free) or a gateway (prices from its
     config, hybridgate_prices first). Retries are off by default so tests see every failure they inject.
     """
-    import httpx
     import openai
 
-    from hybridgate.testing.budget import AsyncBudgetTransport, BudgetTransport
+    from hybridgate.testing._budget_http import metered_http_client
 
     clients: list[Any] = []
     forbid = _tier_forbids_paid(request.node)
@@ -425,7 +427,7 @@ def openai_client_factory(
                 api_key=key,
                 max_retries=max_retries,
                 timeout=timeout,
-                http_client=httpx.AsyncClient(transport=AsyncBudgetTransport(meter), timeout=timeout),
+                http_client=metered_http_client(meter, asynchronous=True, timeout=timeout),
             )
         else:
             client = openai.OpenAI(
@@ -433,7 +435,7 @@ def openai_client_factory(
                 api_key=key,
                 max_retries=max_retries,
                 timeout=timeout,
-                http_client=httpx.Client(transport=BudgetTransport(meter), timeout=timeout),
+                http_client=metered_http_client(meter, timeout=timeout),
             )
         clients.append(client)
         return client
@@ -448,13 +450,13 @@ def openai_client_factory(
 @pytest.fixture
 def openai_client(hybridgate_target: Any, openai_client_factory: ClientFactory) -> openai.OpenAI:
     """An openai client for `hybridgate_target` (the gateway if the test uses one, else the mock), metered."""
-    return openai_client_factory(hybridgate_target)  # type: ignore[no-any-return]
+    return openai_client_factory(hybridgate_target)
 
 
 @pytest.fixture
 def async_openai_client(hybridgate_target: Any, openai_client_factory: ClientFactory) -> openai.AsyncOpenAI:
     """The asyncio twin of `openai_client`, through the same ledger."""
-    return openai_client_factory(hybridgate_target, asynchronous=True)  # type: ignore[no-any-return]
+    return openai_client_factory(hybridgate_target, asynchronous=True)
 
 
 __all__ = [

@@ -49,11 +49,15 @@ class Probe:
     body: str
 
 
-def _unreachable_cause(e: BaseException) -> bool:
+def _unreachable_cause(e: BaseException | None) -> bool:
+    """A connect failure somewhere in the chain; by name, as openai 3 raises httpx2's, not httpx's, errors."""
     while e is not None:
-        if isinstance(e, httpx.ConnectError | httpx.ConnectTimeout):
+        if any(
+            c.__name__ in ("ConnectError", "ConnectTimeout") and c.__module__.startswith("httpx")
+            for c in type(e).__mro__
+        ):
             return True
-        e = e.__cause__  # type: ignore[assignment]
+        e = e.__cause__
     return False
 
 
@@ -172,6 +176,6 @@ class Context:
                 base_url=self.target,
                 api_key=self.opts.api_key or "unused",
                 max_retries=0,
-                timeout=httpx.Timeout(self.opts.request_timeout_s, connect=self.opts.connect_timeout_s),
+                timeout=self.opts.request_timeout_s,  # a number: the SDK may be built on httpx2, not httpx
             )
         return self._openai

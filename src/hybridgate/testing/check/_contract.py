@@ -165,7 +165,7 @@ def completion_stream(ctx: Context) -> Metrics:
 def _error_case(ctx: Context, r: httpx.Response, what: str, status: int, param: str | None = None) -> Metrics:
     j = ok_json(r, what, status)
     problems = check(j, ERROR, "error body")
-    err = j.get("error") if isinstance(j, dict) and isinstance(j.get("error"), dict) else {}
+    err: dict[str, Any] = j["error"] if isinstance(j, dict) and isinstance(j.get("error"), dict) else {}
     if param is not None and err.get("param") != param:
         problems.append(f"error.param is {err.get('param')!r}, expected {param!r} (the field to fix)")
     m = {
