@@ -239,14 +239,24 @@ def test_a_paid_call_fails_a_unit_or_integration_test(pytester: pytest.Pytester,
                 model="paid-model", messages=[{"role": "user", "content": "hi"}], max_tokens=5)
 
         @pytest.mark.integration
+        def test_integration_calls_an_unpriced_model(openai_client_factory):
+            openai_client_factory(os.environ["PAID_URL"]).chat.completions.create(
+                model="free-model", messages=[{"role": "user", "content": "hi"}], max_tokens=5)
+
+        @pytest.mark.integration
         def test_integration_uses_the_mock(openai_client):
             assert openai_client.chat.completions.create(
                 model="mock", messages=[{"role": "user", "content": "hi"}]).choices
         """
     )
     r = run(pytester, "--max-cost-usd", "1")
-    r.assert_outcomes(failed=1, passed=1)
-    r.stdout.fnmatch_lines(["*paid call to 'paid-model' from a unit test; unit tests must use mocks*"])
+    r.assert_outcomes(failed=2, passed=1)
+    r.stdout.fnmatch_lines_random(
+        [
+            "*a call to 'paid-model', not priced free, from a unit test; unit tests must use mocks*",
+            "*a call to 'free-model', not priced free, from an integration test*",
+        ]
+    )
 
 
 def test_a_bad_price_line_stops_the_session_with_a_usage_error(pytester: pytest.Pytester) -> None:

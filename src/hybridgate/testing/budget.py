@@ -288,6 +288,15 @@ class Meter:
                     f"{', '.join(METERED)} (mark the model free if it costs nothing)"
                 )
             )
+        if (
+            self.forbid_paid
+        ):  # before the price: in these tiers a call of unknown cost is as wrong as a paid one
+            self.ledger.record_refusal(self.owner)
+            self.refuse(
+                PaidCallForbidden(
+                    f"hybridgate budget: a call to {model!r}, not priced free, from {self.forbid_paid}"
+                )
+            )
         if price is None:
             self.ledger.record_refusal(self.owner)
             self.refuse(
@@ -296,11 +305,6 @@ class Meter:
                     f"'{model or 'MODEL'} = input_per_mtok=... output_per_mtok=...' (or '= free') "
                     "to the hybridgate_prices ini option"
                 )
-            )
-        if self.forbid_paid:
-            self.ledger.record_refusal(self.owner)
-            self.refuse(
-                PaidCallForbidden(f"hybridgate budget: paid call to {model!r} from a {self.forbid_paid}")
             )
         try:
             return self.ledger.reserve(

@@ -163,7 +163,8 @@ def hybridgate_prices(pytestconfig: pytest.Config) -> dict[str, ModelPrice]:
 def _tier_forbids_paid(node: pytest.Item) -> str | None:
     for tier in ("unit", "integration"):
         if node.get_closest_marker(tier) is not None:
-            return f"{tier} test; {tier} tests must use mocks (mark it e2e to call a paid API)"
+            article = "an" if tier == "integration" else "a"
+            return f"{article} {tier} test; {tier} tests must use mocks (mark it e2e to call a paid API)"
     return None
 
 
