@@ -44,6 +44,7 @@ class LedgerRecorder:
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self.written = 0
         self.dropped = 0
         self.failures = 0
@@ -105,8 +106,10 @@ class LedgerRecorder:
                             .where(api_keys.c.id == key_id)
                             .values(spent_usd=api_keys.c.spent_usd + amount)
                         )
-            except Exception as e:
+            except BaseException as e:
                 self._rows = rows[done:] + self._rows  # kept, in order, for the next try
+                if not isinstance(e, Exception):
+                    raise  # cancelled: the rows are back in the queue for the final flush
                 self.failures += 1
                 if self.failures == 1 or self.failures % 40 == 0:
                     log.error("ledger: cannot write %d rows (kept, retrying): %s", len(rows) - done, e)
@@ -123,13 +126,15 @@ class LedgerRecorder:
         self._task = asyncio.create_task(self._loop(), name="ledger:flush")
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 async with asyncio.timeout(self.interval_s):
                     await self._wake.wait()
             except TimeoutError:
                 pass
             self._wake.clear()
+            if self._stopping:
+                return
             t0 = time.perf_counter()
             try:
                 await self.flush()
@@ -140,11 +145,18 @@ class LedgerRecorder:
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         """Stop the loop and write what is left (a clean shutdown loses nothing)."""
+        deadline = time.monotonic() + timeout_s
         if self._task is not None:
-            self._task.cancel()
+            # Let a flush in progress finish rather than cancel it half-way through its transaction.
+            self._stopping = True
+            self._wake.set()
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await asyncio.shield(self._task)
+            except TimeoutError:
+                self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        deadline = time.monotonic() + timeout_s
         while self._rows and time.monotonic() < deadline:
             async with self._lock:
                 await self._flush_locked()
