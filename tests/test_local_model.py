@@ -206,13 +206,13 @@ def test_seed_makes_sampling_repeatable(gw: Proc) -> None:
 
     def sample(seed: int) -> str:
         r = c.completions.create(
-            model=MODEL, prompt="Once upon a time", temperature=1.0, top_p=1.0, max_tokens=12, seed=seed
+            model=MODEL, prompt="Once upon a time", temperature=1.0, top_p=1.0, max_tokens=8, seed=seed
         )
         return r.choices[0].text
 
     assert sample(42) == sample(42)
     # And sampling really samples: different seeds give different stories.
-    assert len({sample(s) for s in (1, 2, 3, 4)}) >= 2
+    assert len({sample(s) for s in (1, 2, 3)}) >= 2
 
 
 @needs_model

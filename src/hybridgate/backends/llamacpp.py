@@ -30,7 +30,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -719,6 +719,16 @@ class LlamaCppBackend(Backend):
         return BackendResponse(body, outcome.usage)
 
     async def stream(self, req: BackendRequest) -> AsyncIterator[dict[str, Any]]:
+        batches = self.stream_batches(req)
+        try:
+            async for batch in batches:
+                for chunk in batch:
+                    yield chunk
+        finally:
+            await batches.aclose()  # at once, not at garbage collection: it frees the model
+
+    async def stream_batches(self, req: BackendRequest) -> AsyncGenerator[list[dict[str, Any]], None]:
+        """Chunks as the model makes them; tokens that piled up while the client was slow go out together."""
         self._check_usable()
         prompt = self.prepare(req)
         await self._enter()
@@ -738,21 +748,26 @@ class LlamaCppBackend(Backend):
         def finished(f: asyncio.Future[_Outcome]) -> None:
             if not f.cancelled():
                 f.exception()  # retrieved here too, so a stream closed early logs no "never retrieved"
-            pieces.put_nowait(None)
+            pieces.put_nowait(None)  # after every piece: the worker queued those before it returned
 
         wrapped.add_done_callback(finished)
         endpoint, model = req.endpoint, str(req.body.get("model", self.name))
         id_, created = completion_id(endpoint), int(time.time())
-        started = False
+        started, done = False, False
         try:
-            while True:
-                piece = await pieces.get()
-                if piece is None:
-                    break
-                if not started and endpoint == "chat":
-                    yield chunk_body(endpoint, id_, model, created, role=True)
-                started = True
-                yield chunk_body(endpoint, id_, model, created, text=piece)
+            while not done:
+                texts = [await pieces.get()]
+                while not pieces.empty():
+                    texts.append(pieces.get_nowait())
+                if texts[-1] is None:
+                    texts.pop()
+                    done = True
+                batch = [chunk_body(endpoint, id_, model, created, text=t) for t in texts if t is not None]
+                if batch and not started and endpoint == "chat":
+                    batch.insert(0, chunk_body(endpoint, id_, model, created, role=True))
+                started = started or bool(batch)
+                if batch:
+                    yield batch
             try:
                 outcome = wrapped.result()
             except BackendError:
@@ -761,10 +776,12 @@ class LlamaCppBackend(Backend):
                 log.exception("backend %s: generation failed", self.name)
                 err = f"generation failed: {type(e).__name__}: {e}"
                 raise (BackendStreamError(err) if started else BackendUnavailableError(err)) from None
+            tail = []
             if not started and endpoint == "chat":
-                yield chunk_body(endpoint, id_, model, created, role=True)
-            yield chunk_body(endpoint, id_, model, created, finish_reason=outcome.finish_reason)
-            yield usage_chunk(endpoint, id_, model, created, outcome.usage)
+                tail.append(chunk_body(endpoint, id_, model, created, role=True))
+            tail.append(chunk_body(endpoint, id_, model, created, finish_reason=outcome.finish_reason))
+            tail.append(usage_chunk(endpoint, id_, model, created, outcome.usage))
+            yield tail
         finally:
             # Closed or cancelled (the client went away): the worker stops at its next token.
             job.cancel.set()
