@@ -348,3 +348,27 @@ async def test_a_hanging_in_process_backend_times_out_and_falls_back() -> None:
     s = await mgr.open_stream(call())
     assert s.backend == "b" and "first chunk" in (s.attempts[0].error or "")
     await s.settle()
+
+
+async def test_an_adapter_bug_counts_against_that_backend_and_falls_back() -> None:
+    a, b = Fake("a", 1), Fake("b", 2)
+    a.script = [RuntimeError("oops")]
+    hooks = Budget(set())
+    res = await BackendManager([a, b]).complete(call(hooks=hooks))
+    assert res.backend == "b" and "adapter error" in (res.attempts[0].error or "")
+    assert [x.backend for x in hooks.after] == ["a", "b"]
+
+
+async def test_a_cancelled_call_still_settles_its_attempt() -> None:
+    class Slow(Fake):
+        async def complete(self, req: BackendRequest) -> BackendResponse:
+            await asyncio.sleep(10)
+            raise AssertionError("unreachable")
+
+    hooks = Budget(set())
+    task = asyncio.create_task(BackendManager([Slow("a")]).complete(call(hooks=hooks)))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(hooks.after) == 1 and "cancelled" in (hooks.after[0].error or "")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,8 @@ from hybridgate.router import Attempt, Call, NO_HOOKS, Result, Stream
 
 if TYPE_CHECKING:
     from hybridgate.api.app import Gateway
+
+log = logging.getLogger("hybridgate.api")
 
 
 def _headers(backend: str | None, attempts: list[Attempt], cost: float | None, request_id: str) -> list[tuple[bytes, bytes]]:
@@ -106,17 +109,21 @@ async def _stream(
                 out.append(sse(chunk))
             if out:
                 await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
-    except BackendError as e:
+    except Exception as e:
+        # A backend failure (or, never expected, a bug of ours) after the first byte: end in shape.
         error = e
+        msg = e.message if isinstance(e, BackendError) else "internal gateway error"
+        if not isinstance(e, BackendError):
+            log.exception("stream from %s failed unexpectedly", stream.backend)
         ctx["status"] = 502
-        ctx["stream_error"] = e.message
+        ctx["stream_error"] = msg
         await send(
             {
                 "type": "http.response.body",
                 "body": sse(
                     {
                         "error": {
-                            "message": f"Backend '{stream.backend}' failed mid-stream: {e.message}",
+                            "message": f"Backend '{stream.backend}' failed mid-stream: {msg}",
                             "type": "server_error",
                             "param": None,
                             "code": "stream_interrupted",
@@ -126,8 +133,10 @@ async def _stream(
                 "more_body": True,
             }
         )
-    except asyncio.CancelledError:
+    except asyncio.CancelledError as e:
         if not gone.is_set():
+            # The server is cancelling us (shutdown): the attempt is still settled and charged.
+            await asyncio.shield(stream.settle(e))
             raise
         if task is not None:
             task.uncancel()

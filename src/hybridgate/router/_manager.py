@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from hybridgate.protocol import (
     Usage,
 )
 from hybridgate.router._health import BackendState
+
+log = logging.getLogger("hybridgate.router")
 
 
 @dataclass(slots=True)
@@ -191,6 +194,18 @@ class BackendManager:
         a.cost_usd = price.cost(a.usage.prompt_tokens, a.usage.completion_tokens, a.duration_s)
         await call.hooks.after_attempt(st, a)
 
+    async def _abandon(
+        self, st: BackendState, call: Call, a: Attempt, attempts: list[Attempt], t0: float, error: str | None = None
+    ) -> None:
+        """Settle an attempt that ended by cancellation (error None) or an unexpected exception."""
+        a.duration_s = time.perf_counter() - t0
+        a.error = error or "cancelled (client gone or server shutting down)"
+        attempts.append(a)
+        if error is not None:
+            st.record_failure(error)
+        # Shielded: the ledger row and the budget settlement must happen even while being cancelled.
+        await asyncio.shield(self._finish(st, call, a))
+
     async def complete(self, call: Call) -> Result:
         """Run a non-streamed call with fallback. Raises GatewayError when nothing could answer."""
         plan, attempts = self.plan(call)
@@ -225,6 +240,13 @@ class BackendManager:
                 if not e.retryable:
                     raise ClientError(e, attempts) from None
                 st.record_failure(e.message)
+                continue
+            except asyncio.CancelledError:
+                await self._abandon(st, call, a, attempts, t0)
+                raise
+            except Exception as e:  # an adapter bug: count it against that backend and move on
+                log.exception("backend %s raised unexpectedly", st.name)
+                await self._abandon(st, call, a, attempts, t0, f"adapter error: {e!r}")
                 continue
             a.duration_s = time.perf_counter() - t0
             a.ok, a.status, a.usage = True, 200, resp.usage
@@ -280,6 +302,15 @@ class BackendManager:
                 if not e.retryable:
                     raise ClientError(e, attempts) from None
                 st.record_failure(e.message)
+                continue
+            except asyncio.CancelledError:
+                await asyncio.shield(_aclose(it))
+                await self._abandon(st, call, a, attempts, t0)
+                raise
+            except Exception as e:  # an adapter bug: count it against that backend and move on
+                log.exception("backend %s raised unexpectedly", st.name)
+                await _aclose(it)
+                await self._abandon(st, call, a, attempts, t0, f"adapter error: {e!r}")
                 continue
             attempts.append(a)
             return Stream(self, st, call, a, attempts, it, first, t0)
