@@ -22,6 +22,8 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,12 +42,14 @@ from hybridgate.testing.procs import free_port, wait_healthy  # noqa: E402
 MODEL = "bench"
 MASTER_KEY = "sk-bench-master"
 UPSTREAM_KEY = "sk-bench-upstream"
+KEY_BUDGET_USD = 1_000_000.0
+KEY_RPM = 10_000_000
 PROMPT = [{"role": "user", "content": "Say something short about foxes."}]
 BODIES = {
     "json": orjson.dumps({"model": MODEL, "messages": PROMPT, "max_tokens": 16}),
     "stream": orjson.dumps({"model": MODEL, "messages": PROMPT, "max_tokens": 16, "stream": True}),
 }
-TARGETS = ("direct", "bare", "hybridgate", "litellm")
+TARGETS = ("direct", "bare", "hybridgate", "baseline", "litellm")
 DEFAULT_JSON = HERE / "results" / "overhead.json"
 LITELLM_VENV = (
     Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hybridgate-bench" / "litellm-venv"
@@ -81,6 +85,7 @@ class Server:
     log: Path
     url: str = ""
     headers: dict[str, str] = field(default_factory=dict)
+    features: list[str] = field(default_factory=list)
 
     def stop(self) -> None:
         if self.popen.poll() is not None:
@@ -175,22 +180,49 @@ class RssSampler(threading.Thread):
         self._halt.set()
 
 
-def tree_rss_mb(pid: int) -> float | None:
-    """RSS of a process and its descendants in MB (shared pages counted in each), or None if unknown."""
+def _tree(pid: int) -> list[Any] | None:
+    """A process and its descendants (psutil), or None if psutil is missing or the process is gone."""
     try:
         import psutil
     except ImportError:
         return None
     try:
         root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
+        return [root, *root.children(recursive=True)]
     except psutil.Error:
+        return None
+
+
+def tree_rss_mb(pid: int) -> float | None:
+    """RSS of a process and its descendants in MB (shared pages counted in each), or None if unknown."""
+    import psutil
+
+    procs = _tree(pid)
+    if procs is None:
         return None
     total = 0
     for p in procs:
         with contextlib.suppress(psutil.Error):
             total += p.memory_info().rss
     return total / 1e6
+
+
+def tree_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) used so far by a process and its descendants, or None if unknown.
+
+    Per request, this is the cost of a server that other work on a shared machine disturbs least.
+    """
+    import psutil
+
+    procs = _tree(pid)
+    if procs is None:
+        return None
+    total = 0.0
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            t = p.cpu_times()
+            total += t.user + t.system
+    return total
 
 
 # --- the contenders -------------------------------------------------------------------------------
@@ -245,11 +277,25 @@ def hybridgate_config(upstream: Server, workdir: Path) -> dict[str, Any]:
     }
 
 
-def start_hybridgate(servers: Servers, upstream: Server, workdir: Path, workers: int, server: str) -> Server:
-    cfg_path = workdir / "hybridgate.yaml"
-    cfg_path.write_text(yaml.safe_dump(hybridgate_config(upstream, workdir), sort_keys=False))
+def start_hybridgate(
+    servers: Servers,
+    upstream: Server,
+    workdir: Path,
+    workers: int,
+    server: str,
+    *,
+    name: str = "hybridgate",
+    src: Path | None = None,
+) -> Server:
+    """`hybridgate serve` on its own config and database; `src` runs another checkout's code instead."""
+    wd = workdir / name
+    wd.mkdir(exist_ok=True)
+    cfg_path = wd / "hybridgate.yaml"
+    cfg_path.write_text(yaml.safe_dump(hybridgate_config(upstream, wd), sort_keys=False))
     port = free_port()
     env = {"HYBRIDGATE_MASTER_KEY": MASTER_KEY}
+    if src is not None:
+        env["PYTHONPATH"] = str(src.resolve() / "src")
     if server == "granian":
         env["HYBRIDGATE_CONFIG"] = str(cfg_path)
         cmd = [
@@ -283,16 +329,58 @@ def start_hybridgate(servers: Servers, upstream: Server, workdir: Path, workers:
             "--workers",
             str(workers),
         ]
-    srv = servers.start("hybridgate", cmd, port, "/health", env=env)
+    key = create_key(cfg_path, wd, env)
+    srv = servers.start(name, cmd, port, "/health", env=env)
     srv.url = f"http://127.0.0.1:{port}/v1/chat/completions"
-    srv.headers = {"Authorization": f"Bearer {MASTER_KEY}"}
+    srv.headers = {"Authorization": f"Bearer {key or MASTER_KEY}"}
+    srv.features = hybridgate_features(workers, server, per_user_key=key is not None)
     return srv
 
 
-def hybridgate_features(workers: int, server: str) -> list[str]:
+def create_key(cfg_path: Path, wd: Path, env: dict[str, str]) -> str | None:
+    """A per-user key with a budget and a rate limit, in this gateway's own temporary database.
+
+    Both limits are far above what the run uses, so every request pays for the checks and none is refused.
+    None when this checkout has no `hybridgate keys` yet (then the master key is used).
+    """
+    cmd = [
+        sys.executable,
+        "-m",
+        "hybridgate",
+        "keys",
+        "create",
+        "--config",
+        str(cfg_path),
+        "--name",
+        "bench",
+        "--budget-usd",
+        str(KEY_BUDGET_USD),
+        "--rpm",
+        str(KEY_RPM),
+        "--output",
+        "json",
+    ]
+    out = subprocess.run(cmd, cwd=wd, env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+    if out.returncode != 0:
+        if "No such command" in out.stderr:
+            return None
+        raise RuntimeError(f"hybridgate keys create failed: {out.stderr[-2000:]}")
+    return str(orjson.loads(out.stdout)["key"])
+
+
+def hybridgate_features(workers: int, server: str, *, per_user_key: bool) -> list[str]:
     """Exactly what was on in hybridgate for this run, for the report."""
+    if per_user_key:
+        auth = [
+            f"auth: per-user key from `hybridgate keys create` (budget ${KEY_BUDGET_USD:g}, rpm {KEY_RPM})",
+            "budgets: worst-case reservation per attempt, settled from usage",
+            "rate limit: per-key sliding window",
+            "ledger: one row per attempt, written behind the request in batches (SQLite)",
+        ]
+    else:
+        auth = ["auth: HYBRIDGATE_MASTER_KEY (this checkout has no per-user keys or ledger)"]
     return [
-        "auth: HYBRIDGATE_MASTER_KEY (constant-time compare, every /v1 call)",
+        *auth,
         "routing: model map, priority order, circuit breaker",
         "health: active checks of the upstream every 5 s",
         "cost accounting: per-attempt price from usage (0.15/0.60 USD per Mtok in/out), cost header",
@@ -300,7 +388,6 @@ def hybridgate_features(workers: int, server: str) -> list[str]:
         "request log: one JSON line per request (to a file)",
         "validation: pydantic check of every request body",
         f"server: {server}, {workers} worker(s)",
-        "per-user keys and ledger: not in the tree yet (master key only)",
     ]
 
 
@@ -386,6 +473,45 @@ class Plan:
     count: int | None  # smoke: a request count instead of a duration
     ttft_count: int
     loadgen: str
+    py_spy: Path | None = None
+    modes: tuple[str, ...] = ("json", "stream")
+
+
+@contextlib.contextmanager
+def profiled(srv: Server, cell: str, plan: Plan) -> Iterator[None]:
+    """With --py-spy DIR: sample the proxies (all their processes) during the cell, as collapsed stacks."""
+    if plan.py_spy is None or srv.name not in ("hybridgate", "bare", "baseline"):
+        yield
+        return
+    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    out = plan.py_spy / f"{srv.name}-{cell}.txt"
+    spy = subprocess.Popen(
+        [
+            exe,
+            "record",
+            "-p",
+            str(srv.popen.pid),
+            "--subprocesses",
+            "--threads",
+            "-r",
+            "200",
+            "-f",
+            "raw",
+            "-o",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(0.5)  # let it attach
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        try:
+            spy.wait(30)
+        except subprocess.TimeoutExpired:
+            spy.kill()
 
 
 def drive(srv: Server, mode: str, clients: int, plan: Plan, warm: bool) -> LoadResult:
@@ -403,27 +529,36 @@ def run_all(
     """Every cell (mode x clients x target), interleaved so that background noise hits all targets alike."""
     best: dict[tuple[str, str, int], dict[str, Any]] = {}
     for rnd in range(repeat):
-        for mode in ("json", "stream"):
+        for mode in plan.modes:
             for clients in plan.concurrency:
                 for srv in targets:
                     if plan.warmup_s > 0 and plan.count is None:
                         drive(srv, mode, clients, plan, warm=True)
                     cell = f"{srv.name}:{mode}:{clients}:{rnd}"
                     sampler.watch(cell, srv.popen.pid)
-                    res = drive(srv, mode, clients, plan, warm=False)
+                    cpu0 = tree_cpu_s(srv.popen.pid)
+                    with profiled(srv, f"{mode}-c{clients}", plan):
+                        res = drive(srv, mode, clients, plan, warm=False)
+                    cpu1 = tree_cpu_s(srv.popen.pid)
                     sampler.sample(cell, srv.popen.pid)
                     sampler.pids.pop(cell)
+                    ok = res.requests - res.errors
+                    cpu_us = (
+                        (cpu1 - cpu0) / ok * 1e6 if cpu0 is not None and cpu1 is not None and ok else None
+                    )
                     row = {
                         "target": srv.name,
                         "mode": mode,
                         **res.as_dict(),
                         "round": rnd + 1,
+                        "cpu_us_per_req": round(cpu_us, 1) if cpu_us is not None else None,
                         "peak_rss_mb": round(sampler.peak_mb.pop(cell, 0.0), 1),
                     }
                     key = (srv.name, mode, clients)
                     print(
                         f"  {srv.name:<10} {mode:<6} c={clients:<3} {res.rps:9.1f} req/s"
-                        f"  p50 {res.p50_ms:7.2f} ms  p99 {res.p99_ms:7.2f} ms  errors {res.errors}",
+                        f"  p50 {res.p50_ms:7.2f} ms  p99 {res.p99_ms:7.2f} ms  cpu/req {cpu_us or 0:6.0f} us"
+                        f"  errors {res.errors}",
                         flush=True,
                     )
                     if key not in best or row["rps"] > best[key]["rps"]:
@@ -525,8 +660,12 @@ def print_table(
     print()
     print(f"hybridgate overhead  {meta['date']}  {meta['machine']['cores']} cores, {meta['machine']['cpu']}")
     print(f"load: {meta['loadgen']}; upstream: {meta['upstream']}; {meta['seconds']:g} s per cell")
+    for f in meta.get("hybridgate_features", ()):
+        print(f"  hybridgate {f}")
+    if "litellm" in meta:
+        print(f"  litellm: {meta['litellm']}")
     hdr = f"{'target':<11}{'mode':<7}{'clients':>7}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
-    hdr += f"{'+p50 ms':>9}{'+p99 ms':>9}{'peak RSS MB':>13}{'errors':>8}"
+    hdr += f"{'+p50 ms':>9}{'+p99 ms':>9}{'cpu us/req':>12}{'peak RSS MB':>13}{'errors':>8}"
     print(hdr)
     print("-" * len(hdr))
     order = {t: i for i, t in enumerate(TARGETS)}
@@ -535,7 +674,8 @@ def print_table(
         added99 = "" if r["target"] == "direct" else f"{r['added_p99_ms']:.2f}"
         print(
             f"{r['target']:<11}{r['mode']:<7}{r['concurrency']:>7}{r['rps']:>10.1f}{r['p50_ms']:>9.2f}"
-            f"{r['p99_ms']:>9.2f}{added:>9}{added99:>9}{r['peak_rss_mb']:>13.1f}{r['errors']:>8}"
+            f"{r['p99_ms']:>9.2f}{added:>9}{added99:>9}{r['cpu_us_per_req'] or 0:>12.0f}"
+            f"{r['peak_rss_mb']:>13.1f}{r['errors']:>8}"
         )
     print()
     print(
@@ -583,6 +723,7 @@ def main(argv: list[str] | None = None) -> int:
         "--warmup", type=float, default=2.0, help="unmeasured seconds before each cell (default: %(default)s)"
     )
     ap.add_argument("--clients", default="1,32", help="concurrency levels (default: %(default)s)")
+    ap.add_argument("--modes", default="json,stream", help="json, stream or both (default: %(default)s)")
     ap.add_argument(
         "--repeat", type=int, default=1, help="rounds; each cell keeps its best round (default: %(default)s)"
     )
@@ -621,6 +762,19 @@ def main(argv: list[str] | None = None) -> int:
         help="where to write the results (default: %(default)s)",
     )
     ap.add_argument(
+        "--baseline-src",
+        type=Path,
+        help="also run hybridgate from another checkout (e.g. a git worktree of the previous commit) as "
+        "target 'baseline', for before/after numbers from the same run",
+    )
+    ap.add_argument(
+        "--py-spy",
+        type=Path,
+        metavar="DIR",
+        help="profile the proxies during each cell with py-spy (pip install py-spy; slows it down: "
+        "profiled numbers are not comparable) and write collapsed stacks to DIR",
+    )
+    ap.add_argument(
         "--keep-logs", action="store_true", help="keep the servers' logs and configs after a good run"
     )
     args = ap.parse_args(argv)
@@ -642,7 +796,11 @@ def main(argv: list[str] | None = None) -> int:
             count=None,
             ttft_count=args.ttft_requests,
             loadgen=tool,
+            py_spy=args.py_spy,
+            modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()),
         )
+        if args.py_spy is not None:
+            args.py_spy.mkdir(parents=True, exist_ok=True)
     if not args.with_litellm:
         wanted.discard("litellm")
 
@@ -670,7 +828,6 @@ def main(argv: list[str] | None = None) -> int:
         "workers": args.workers,
         "seconds": plan.seconds if plan.count is None else 0,
         "smoke": args.smoke,
-        "hybridgate_features": hybridgate_features(args.workers, args.hybridgate_server),
     }
     done = False
     try:
@@ -680,6 +837,18 @@ def main(argv: list[str] | None = None) -> int:
             started.append(start_bare(servers, up, args.workers, args.bare_client))
         if "hybridgate" in wanted:
             started.append(start_hybridgate(servers, up, workdir, args.workers, args.hybridgate_server))
+        if args.baseline_src is not None:
+            started.append(
+                start_hybridgate(
+                    servers,
+                    up,
+                    workdir,
+                    args.workers,
+                    args.hybridgate_server,
+                    name="baseline",
+                    src=args.baseline_src,
+                )
+            )
         if "litellm" in wanted:
             try:
                 exe, version = install_litellm(args.litellm_spec, args.litellm_venv)
@@ -694,6 +863,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"LiteLLM left out: {str(e)[-2000:]}", file=sys.stderr)
         for srv in started:
             sampler.watch(srv.name, srv.popen.pid)
+            if srv.features:
+                meta[f"{srv.name}_features"] = srv.features
         sampler.start()
         print(f"servers up in {workdir}; load: {meta['loadgen']}", flush=True)
         rows, ttft = run_all(started, plan, sampler, args.repeat)
