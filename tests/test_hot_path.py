@@ -76,3 +76,33 @@ async def test_stream_without_done_is_an_error_after_its_events() -> None:
     with pytest.raises(BackendStreamError, match="without \\[DONE\\]"):
         await _batches([_event(0), _event(1)], got)
     assert got == [["w0"], ["w1"]]
+
+
+async def test_request_lines_are_written_in_batches_in_order_with_other_records(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import io
+    import logging
+
+    from hybridgate.observability import configure_logging, log_request, logs
+
+    root = logging.getLogger("hybridgate")
+    saved = (root.handlers[:], root.level, root.propagate, logs._handler)
+    out = io.StringIO()
+    monkeypatch.setattr("sys.stderr", out)
+    configure_logging("info")
+    try:
+        log_request({"id": "a", "status": 200})
+        log_request({"id": "b", "status": 200})
+        assert out.getvalue() == ""  # waiting for the batch
+        logging.getLogger("hybridgate.app").warning("something else")  # writes the batch first
+        log_request({"id": "c", "status": 500})
+        await asyncio.sleep(logs.FLUSH_S * 3)
+        lines = [orjson.loads(x) for x in out.getvalue().splitlines()]
+        assert [x.get("id") or x["msg"] for x in lines] == ["a", "b", "something else", "c"]
+        assert all(
+            x["logger"] == "hybridgate.request" and x["msg"] == "request" for x in (lines[0], lines[3])
+        )
+        assert {"ts", "ts_end", "level"} <= lines[0].keys()
+    finally:
+        root.handlers[:], root.level, root.propagate, logs._handler = saved

@@ -20,7 +20,7 @@ from hybridgate.auth import Authenticator, KeyCache, KeyStore, KeyWatcher, Princ
 from hybridgate.backends import build_backend
 from hybridgate.config import Config, ConfigError, load_config
 from hybridgate.ledger import Ledger
-from hybridgate.observability import Metrics, log_request
+from hybridgate.observability import Metrics, flush_logs, log_request
 from hybridgate.protocol import GatewayError, NotFoundError
 from hybridgate.protocol._errors import BadRequestError
 from hybridgate.router import BackendManager, CallHooks, health_loop
@@ -102,6 +102,7 @@ class Gateway:
             await fn()
         for b in self.manager.backends:
             await b.close()
+        flush_logs()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 
+_root = logging.getLogger("hybridgate")
 request_log = logging.getLogger("hybridgate.request")
+
+# Request lines wait at most this long before they are written, so that a busy gateway writes them
+# in a few large writes instead of one system call per request.
+FLUSH_S = 0.1
+MAX_PENDING_CHARS = 64 * 1024
 
 
 class JsonFormatter(logging.Formatter):
@@ -28,16 +35,89 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out).decode()
 
 
+class JsonLinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """JSON lines on a stream. Request lines skip the LogRecord machinery and are written in batches.
+
+    A request line is written at most FLUSH_S after it was logged, or at once when any other record is
+    (so lines stay in order), when MAX_PENDING_CHARS are waiting, or at exit (logging.shutdown flushes).
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self.setFormatter(JsonFormatter())
+        self._pending: list[str] = []
+        self._pending_chars = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
+
+    def add_line(self, line: str) -> None:
+        """Queue one ready-made line (ending in a newline) for the next batched write."""
+        self._pending.append(line)
+        self._pending_chars += len(line)
+        if self._pending_chars >= MAX_PENDING_CHARS:
+            self.write_pending()
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (a script, a test): write now
+            self.write_pending()
+            return
+        if self._timer is None or self._timer_loop is not loop:
+            self._timer_loop = loop
+            self._timer = loop.call_later(FLUSH_S, self.write_pending)
+
+    def write_pending(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._pending:
+            return
+        text = "".join(self._pending)
+        self._pending.clear()
+        self._pending_chars = 0
+        with self.lock:  # type: ignore[union-attr]
+            try:
+                self.stream.write(text)
+                self.stream.flush()
+            except (OSError, ValueError):  # a closed or broken stderr must not break a request
+                pass
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.write_pending()
+        super().emit(record)
+
+    def flush(self) -> None:
+        self.write_pending()
+        super().flush()
+
+
+_handler: JsonLinesHandler | None = None
+
+
 def configure_logging(level: str = "INFO") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger("hybridgate")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
+    global _handler
+    handler = JsonLinesHandler(sys.stderr)
+    _root.handlers[:] = [handler]
+    _root.setLevel(level.upper())
+    _root.propagate = False
+    _handler = handler
+
+
+def flush_logs() -> None:
+    """Write request lines still waiting (the app's shutdown calls this)."""
+    if _handler is not None:
+        _handler.write_pending()
 
 
 def log_request(fields: dict[str, Any]) -> None:
-    if request_log.isEnabledFor(logging.INFO):
-        fields.setdefault("ts_end", round(time.time(), 3))
+    if not request_log.isEnabledFor(logging.INFO):
+        return
+    ts = round(time.time(), 3)
+    fields.setdefault("ts_end", ts)
+    h = _handler
+    if h is None or request_log.handlers or h not in _root.handlers:
+        # Logging was set up by someone else (a host application, a test): go through it.
         request_log.info("request", extra={"fields": fields})
+        return
+    line = {"ts": ts, "level": "info", "logger": "hybridgate.request", "msg": "request", **fields}
+    h.add_line(orjson.dumps(line).decode() + "\n")
