@@ -607,8 +607,8 @@ class LlamaCppBackend(Backend):
             await self._gate.acquire(timeout)
         except QueueFull:
             raise BackendUnavailableError(
-                f"busy: {self._gate.waiting} requests already wait for this local model "
-                f"(options.max_queue={self._gate.max_queue}); retry shortly",
+                f"busy: the local model is generating and its queue is full ({self._gate.waiting} waiting, "
+                f"options.max_queue={self._gate.max_queue}); retry shortly",
                 status=503,
             ) from None
         except TimeoutError:
@@ -642,6 +642,8 @@ class LlamaCppBackend(Backend):
         import llama_cpp
 
         llm, p = self._llm, job.prompt
+        if job.cancel.is_set():  # its client left before its turn came: skip the prompt evaluation too
+            return _Outcome("", "cancelled", Usage())
         data = p.text.encode("utf-8")
         bos = llm.token_bos()
         # A chat template writes the BOS token itself; do not add a second one.
