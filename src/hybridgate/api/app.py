@@ -175,20 +175,20 @@ class Gateway:
         m = self.metrics
         model = ctx.get("model", "")
         if model:
-            m.requests.labels(model, str(ctx["status"])).inc()
+            m.labels(m.requests, model, str(ctx["status"])).inc()
         tried = [a for a in attempts if a.duration_s or a.ok]
         for a in tried:
-            m.attempts.labels(a.backend, "ok" if a.ok else "error").inc()
+            m.labels(m.attempts, a.backend, "ok" if a.ok else "error").inc()
             if a.ok:
-                m.latency.labels(a.backend).observe(a.duration_s)
+                m.labels(m.latency, a.backend).observe(a.duration_s)
             if a.cost_usd:
-                m.cost.labels(a.backend).inc(a.cost_usd)
+                m.labels(m.cost, a.backend).inc(a.cost_usd)
             if a.usage.prompt_tokens:
-                m.tokens.labels(a.backend, "input").inc(a.usage.prompt_tokens)
+                m.labels(m.tokens, a.backend, "input").inc(a.usage.prompt_tokens)
             if a.usage.completion_tokens:
-                m.tokens.labels(a.backend, "output").inc(a.usage.completion_tokens)
+                m.labels(m.tokens, a.backend, "output").inc(a.usage.completion_tokens)
         if len(tried) > 1 and ctx["status"] < 400:
-            m.fallbacks.labels(model).inc()
+            m.labels(m.fallbacks, model).inc()
         if self.config.server.log_requests:
             p = ctx.get("principal")
             log_request(
