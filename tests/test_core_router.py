@@ -372,3 +372,14 @@ async def test_a_cancelled_call_still_settles_its_attempt() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert len(hooks.after) == 1 and "cancelled" in (hooks.after[0].error or "")
+
+
+async def test_a_busy_backend_falls_back_without_tripping_its_breaker() -> None:
+    from hybridgate.backends import BackendUnavailableError
+
+    a, b = Fake("a", 1, trip=1), Fake("b", 2)
+    a.script = [BackendUnavailableError("queue full")] * 3
+    mgr = BackendManager([a, b])
+    for _ in range(3):
+        assert (await mgr.complete(call())).backend == "b"
+    assert mgr.states["a"].healthy and mgr.states["a"].consecutive_failures == 0

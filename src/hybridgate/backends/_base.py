@@ -35,6 +35,8 @@ class BackendError(Exception):
     """A backend could not serve a request."""
 
     retryable = True
+    # Whether this failure counts towards tripping the backend's circuit breaker.
+    marks_unhealthy = True
     status: int | None = None
 
     def __init__(self, message: str, *, status: int | None = None, body: Any = None) -> None:
@@ -54,7 +56,9 @@ class BackendTimeoutError(BackendError):
 
 
 class BackendUnavailableError(BackendError):
-    """The backend is up but cannot take the request now (loading, queue full)."""
+    """The backend is up but cannot take the request now (loading, queue full): busy is not unhealthy."""
+
+    marks_unhealthy = False
 
 
 class BackendStreamError(BackendError):

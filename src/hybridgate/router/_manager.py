@@ -239,7 +239,8 @@ class BackendManager:
                 await self._finish(st, call, a)
                 if not e.retryable:
                     raise ClientError(e, attempts) from None
-                st.record_failure(e.message)
+                if e.marks_unhealthy:
+                    st.record_failure(e.message)
                 continue
             except asyncio.CancelledError:
                 await self._abandon(st, call, a, attempts, t0)
@@ -301,7 +302,8 @@ class BackendManager:
                 await self._finish(st, call, a)
                 if not e.retryable:
                     raise ClientError(e, attempts) from None
-                st.record_failure(e.message)
+                if e.marks_unhealthy:
+                    st.record_failure(e.message)
                 continue
             except asyncio.CancelledError:
                 await asyncio.shield(_aclose(it))
