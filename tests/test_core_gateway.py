@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import subprocess
 import sys
 import threading
@@ -28,7 +29,13 @@ def backend(name: str, mock: Proc, priority: int, served: str, **kw: Any) -> dic
         "models": {"chat": served},
         "priority": priority,
         "timeouts": {"connect_s": 1, "first_byte_s": 2, "total_s": 5},
-        "health": {"path": "/health", "interval_s": 0.3, "timeout_s": 0.5, "failures_to_trip": 2, "cooldown_s": 1},
+        "health": {
+            "path": "/health",
+            "interval_s": 0.3,
+            "timeout_s": 0.5,
+            "failures_to_trip": 2,
+            "cooldown_s": 1,
+        },
     }
     cfg.update(kw)
     return cfg
@@ -52,8 +59,14 @@ def pair() -> Iterator[dict[str, Proc]]:
         {
             "server": {"max_body_bytes": 4096},
             "backends": [
-                backend("primary", a, 1, "served-model-a", api_key="${PRIMARY_API_KEY}",
-                        price={"input_per_mtok": 0.15, "output_per_mtok": 0.60}),
+                backend(
+                    "primary",
+                    a,
+                    1,
+                    "served-model-a",
+                    api_key="${PRIMARY_API_KEY}",
+                    price={"input_per_mtok": 0.15, "output_per_mtok": 0.60},
+                ),
                 backend("secondary", b, 2, "served-model-b", price={"per_hour": 0.24}),
                 {"name": "mock", "kind": "mock", "models": {"mock": "mock"}, "priority": 9},
             ],
@@ -70,8 +83,10 @@ def procs(pair: dict[str, Proc]) -> dict[str, Proc]:
     for m in (pair["a"], pair["b"]):
         set_mock_behaviour(m.url, fail_rate=0, hang=False, drop_mid_stream=False, latency_ms=0, ttft_ms=None)
     # Both healthy again before the test starts (an earlier test may have tripped one).
-    wait_until(lambda: all(x["routable"] for x in httpx.get(pair["gw"].url + "/health/backends").json()["backends"]),
-               what="all backends routable")
+    wait_until(
+        lambda: all(x["routable"] for x in httpx.get(pair["gw"].url + "/health/backends").json()["backends"]),
+        what="all backends routable",
+    )
     return pair
 
 
@@ -102,7 +117,9 @@ def test_legacy_completion_and_models(procs: dict[str, Proc]) -> None:
 def test_async_client_concurrent_requests(procs: dict[str, Proc]) -> None:
     async def main() -> list[str]:
         ac = openai.AsyncOpenAI(base_url=procs["gw"].base_url, api_key="x", max_retries=0)
-        rs = await asyncio.gather(*[ac.chat.completions.create(model="chat", messages=MSG) for _ in range(20)])
+        rs = await asyncio.gather(
+            *[ac.chat.completions.create(model="chat", messages=MSG) for _ in range(20)]
+        )
         await ac.close()
         return [r.choices[0].message.content or "" for r in rs]
 
@@ -111,11 +128,19 @@ def test_async_client_concurrent_requests(procs: dict[str, Proc]) -> None:
 
 def test_streaming_chunk_order_and_include_usage(procs: dict[str, Proc]) -> None:
     c = client(procs["gw"])
-    chunks = list(c.chat.completions.create(model="chat", messages=[{"role": "user", "content": "tell me"}],
-                                            stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        c.chat.completions.create(
+            model="chat",
+            messages=[{"role": "user", "content": "tell me"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert chunks[0].choices[0].delta.role == "assistant"
     assert chunks[-2].choices[0].finish_reason == "stop"
-    assert chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    assert (
+        chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    )
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
     assert len(text) > 20 and all(ch.model == "chat" for ch in chunks)
     plain = list(c.chat.completions.create(model="chat", messages=MSG, stream=True))
@@ -125,12 +150,16 @@ def test_streaming_chunk_order_and_include_usage(procs: dict[str, Proc]) -> None
 def test_stream_is_flushed_chunk_by_chunk(procs: dict[str, Proc]) -> None:
     set_mock_behaviour(procs["a"].url, tokens_per_s=20)  # 50 ms per token
     times = []
-    with httpx.stream("POST", procs["gw"].base_url + "/chat/completions", timeout=10,
-                      json={"model": "chat", "messages": [{"role": "user", "content": "go"}], "stream": True}) as r:
+    with httpx.stream(
+        "POST",
+        procs["gw"].base_url + "/chat/completions",
+        timeout=10,
+        json={"model": "chat", "messages": [{"role": "user", "content": "go"}], "stream": True},
+    ) as r:
         for line in r.iter_lines():
             if line.startswith("data: {"):
                 times.append(time.monotonic())
-    gaps = [b - a for a, b in zip(times[1:], times[2:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times[1:])]
     assert len(times) > 8 and sorted(gaps)[len(gaps) // 2] > 0.03  # arrived spread out, not in one burst
 
 
@@ -152,7 +181,9 @@ def test_falls_back_when_primary_times_out(procs: dict[str, Proc]) -> None:
 
 def test_streaming_falls_back_before_the_first_byte(procs: dict[str, Proc]) -> None:
     set_mock_behaviour(procs["a"].url, fail_rate=1)
-    with client(procs["gw"]).chat.completions.with_streaming_response.create(model="chat", messages=MSG, stream=True) as r:
+    with client(procs["gw"]).chat.completions.with_streaming_response.create(
+        model="chat", messages=MSG, stream=True
+    ) as r:
         assert r.headers["x-hybridgate-backend"] == "secondary"
         text = "".join(ch.choices[0].delta.content or "" for ch in r.parse() if ch.choices)
     assert text == "Paris"
@@ -161,8 +192,12 @@ def test_streaming_falls_back_before_the_first_byte(procs: dict[str, Proc]) -> N
 def test_mid_stream_drop_ends_with_an_error_event_and_done(procs: dict[str, Proc]) -> None:
     set_mock_behaviour(procs["a"].url, drop_mid_stream=True)
     events = []
-    with httpx.stream("POST", procs["gw"].base_url + "/chat/completions", timeout=10,
-                      json={"model": "chat", "messages": [{"role": "user", "content": "go on"}], "stream": True}) as r:
+    with httpx.stream(
+        "POST",
+        procs["gw"].base_url + "/chat/completions",
+        timeout=10,
+        json={"model": "chat", "messages": [{"role": "user", "content": "go on"}], "stream": True},
+    ) as r:
         assert r.status_code == 200
         events = [line for line in r.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "data: [DONE]"
@@ -170,21 +205,31 @@ def test_mid_stream_drop_ends_with_an_error_event_and_done(procs: dict[str, Proc
     assert any('"content"' in e for e in events[:-2])
     # The openai client surfaces it as an error rather than a silent truncation.
     with pytest.raises(openai.APIError):
-        for _ in client(procs["gw"]).chat.completions.create(model="chat", messages=[{"role": "user", "content": "more please"}], stream=True):
+        for _ in client(procs["gw"]).chat.completions.create(
+            model="chat", messages=[{"role": "user", "content": "more please"}], stream=True
+        ):
             pass
 
 
 def test_forced_and_preferred_backends(procs: dict[str, Proc]) -> None:
     c = client(procs["gw"])
-    r = c.chat.completions.with_raw_response.create(model="chat", messages=MSG, extra_headers={"X-Hybridgate-Backend": "secondary"})
+    r = c.chat.completions.with_raw_response.create(
+        model="chat", messages=MSG, extra_headers={"X-Hybridgate-Backend": "secondary"}
+    )
     assert r.headers["x-hybridgate-backend"] == "secondary"
-    r = c.chat.completions.with_raw_response.create(model="chat", messages=MSG, extra_headers={"X-Hybridgate-Prefer": "secondary"})
+    r = c.chat.completions.with_raw_response.create(
+        model="chat", messages=MSG, extra_headers={"X-Hybridgate-Prefer": "secondary"}
+    )
     assert r.headers["x-hybridgate-backend"] == "secondary"
     set_mock_behaviour(procs["b"].url, fail_rate=1)
     with pytest.raises(openai.APIStatusError) as ei:
-        c.chat.completions.create(model="chat", messages=MSG, extra_headers={"X-Hybridgate-Backend": "secondary"})
+        c.chat.completions.create(
+            model="chat", messages=MSG, extra_headers={"X-Hybridgate-Backend": "secondary"}
+        )
     assert ei.value.status_code == 502 and "secondary" in ei.value.message
-    r = c.chat.completions.with_raw_response.create(model="chat", messages=MSG, extra_headers={"X-Hybridgate-Prefer": "secondary"})
+    r = c.chat.completions.with_raw_response.create(
+        model="chat", messages=MSG, extra_headers={"X-Hybridgate-Prefer": "secondary"}
+    )
     assert r.headers["x-hybridgate-backend"] == "primary"
 
 
@@ -194,7 +239,9 @@ def test_all_backends_failed_is_503_naming_each(procs: dict[str, Proc]) -> None:
     r = httpx.post(procs["gw"].base_url + "/chat/completions", json={"model": "chat", "messages": MSG})
     assert r.status_code == 503
     err = r.json()["error"]
-    assert err["code"] == "all_backends_failed" and "primary" in err["message"] and "secondary" in err["message"]
+    assert (
+        err["code"] == "all_backends_failed" and "primary" in err["message"] and "secondary" in err["message"]
+    )
     set_mock_behaviour(procs["b"].url, fail_status=500)
 
 
@@ -210,7 +257,15 @@ def test_health_endpoints_and_metrics(procs: dict[str, Proc]) -> None:
     assert httpx.get(gw.url + "/health").json()["status"] == "ok"
     bk = {b["name"]: b for b in httpx.get(gw.url + "/health/backends").json()["backends"]}
     assert set(bk) == {"primary", "secondary", "mock"}
-    for field in ("name", "kind", "healthy", "consecutive_failures", "last_error", "last_check", "last_latency_ms"):
+    for field in (
+        "name",
+        "kind",
+        "healthy",
+        "consecutive_failures",
+        "last_error",
+        "last_check",
+        "last_latency_ms",
+    ):
         assert field in bk["primary"]
     assert bk["primary"]["kind"] == "openai" and bk["primary"]["last_check"] is not None
     client(gw).chat.completions.create(model="chat", messages=MSG)
@@ -227,17 +282,29 @@ BAD_INPUTS = [
     (b'{"model": "chat"}', 400, "messages"),
     (b'{"model": "chat", "messages": []}', 400, "messages"),
     (b'{"model": "chat", "messages": [{"role": "wizard", "content": "x"}]}', 400, "messages[0].role"),
-    (b'{"model": "chat", "messages": [{"role": "user", "content": "x"}], "temperature": 9}', 400, "temperature"),
-    (b'{"model": "chat", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}', 400, "max_tokens"),
+    (
+        b'{"model": "chat", "messages": [{"role": "user", "content": "x"}], "temperature": 9}',
+        400,
+        "temperature",
+    ),
+    (
+        b'{"model": "chat", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}',
+        400,
+        "max_tokens",
+    ),
     (b'{"model": "chat", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}', 400, "stream"),
     (b'{"model": "nope", "messages": [{"role": "user", "content": "x"}]}', 404, "model"),
 ]
 
 
 @pytest.mark.parametrize(("body", "status", "param"), BAD_INPUTS)
-def test_bad_input_gets_the_right_status_and_never_reaches_a_backend(procs: dict[str, Proc], body: bytes, status: int, param: str | None) -> None:
+def test_bad_input_gets_the_right_status_and_never_reaches_a_backend(
+    procs: dict[str, Proc], body: bytes, status: int, param: str | None
+) -> None:
     before = set_mock_behaviour(procs["a"].url)["requests"] + set_mock_behaviour(procs["b"].url)["requests"]
-    r = httpx.post(procs["gw"].base_url + "/chat/completions", content=body, headers={"content-type": "application/json"})
+    r = httpx.post(
+        procs["gw"].base_url + "/chat/completions", content=body, headers={"content-type": "application/json"}
+    )
     assert r.status_code == status
     err = r.json()["error"]
     assert set(err) >= {"message", "type", "param", "code"} and err["message"]
@@ -282,7 +349,9 @@ def test_master_key_is_required_on_v1_when_set(spawn: dict[str, Callable[..., Pr
 
 def test_embedded_default_answers_the_canary(spawn: dict[str, Callable[..., Proc]], tmp_path: Any) -> None:
     gw = spawn["gateway"](None, workdir=tmp_path)
-    assert client(gw).chat.completions.create(model="mock", messages=MSG).choices[0].message.content == "Paris"
+    assert (
+        client(gw).chat.completions.create(model="mock", messages=MSG).choices[0].message.content == "Paris"
+    )
 
 
 def test_backend_killed_mid_run_loses_no_requests(spawn: dict[str, Callable[..., Proc]]) -> None:
@@ -297,7 +366,7 @@ def test_backend_killed_mid_run_loses_no_requests(spawn: dict[str, Callable[...,
             try:
                 r = c.chat.completions.with_raw_response.create(model="chat", messages=MSG)
                 results.append(r.headers["x-hybridgate-backend"])
-            except Exception as e:  # noqa: BLE001 - any failure is what we count
+            except Exception as e:
                 errors.append(e)
 
     threads = [threading.Thread(target=worker) for _ in range(4)]
@@ -337,7 +406,9 @@ def test_backend_recovers_after_its_cooldown(spawn: dict[str, Callable[..., Proc
 
 def test_priority_environment_override(spawn: dict[str, Callable[..., Proc]]) -> None:
     a, b = spawn["mock"](model=["m"]), spawn["mock"](model=["m"])
-    cfg = {"backends": [backend("local1", a, 1, "m", group="local"), backend("cloud1", b, 2, "m", group="cloud")]}
+    cfg = {
+        "backends": [backend("local1", a, 1, "m", group="local"), backend("cloud1", b, 2, "m", group="cloud")]
+    }
     gw = spawn["gateway"](cfg, env={"HYBRIDGATE_PRIORITY": "cloud,local"})
     r = client(gw).chat.completions.with_raw_response.create(model="chat", messages=MSG)
     assert r.headers["x-hybridgate-backend"] == "cloud1"
@@ -346,8 +417,13 @@ def test_priority_environment_override(spawn: dict[str, Callable[..., Proc]]) ->
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     import os
 
-    return subprocess.run([sys.executable, "-m", "hybridgate", *args], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "hybridgate", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
 
 
 @pytest.mark.parametrize(
@@ -355,11 +431,16 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     [
         ("backends: []", "backends"),
         ("backends:\n  - {name: a, kind: openai, models: {x: y}}", "needs a base_url"),
-        ("backends:\n  - {name: a, kind: mock, models: {x: y}, price: {input_per_mtok: lots}}", "backends[0]('a').price.input_per_mtok"),
+        (
+            "backends:\n  - {name: a, kind: mock, models: {x: y}, price: {input_per_mtok: lots}}",
+            "backends[0]('a').price.input_per_mtok",
+        ),
         ("backends:\n  - {name: a, kind: mock, models: {x: y}, prioriti: 1}", "prioriti"),
         ("backends:\n  - {name: a, kind: gpu, models: {x: y}}", "kind"),
-        ("backends:\n  - {name: a, kind: openai, base_url: 'http://h/v1', api_key: '${NOPE_NOT_SET}', models: {x: y}}",
-         "NOPE_NOT_SET"),
+        (
+            "backends:\n  - {name: a, kind: openai, base_url: 'http://h/v1', api_key: '${NOPE_NOT_SET}', models: {x: y}}",
+            "NOPE_NOT_SET",
+        ),
         ("backends: [", "not valid YAML"),
     ],
 )
@@ -381,8 +462,12 @@ def test_missing_config_file_and_bad_priority_exit_3(tmp_path: Any) -> None:
 def test_stream_that_stalls_mid_way_ends_with_an_error_not_a_hang(procs: dict[str, Proc]) -> None:
     set_mock_behaviour(procs["a"].url, stall_mid_stream=True)
     t0 = time.monotonic()
-    with httpx.stream("POST", procs["gw"].base_url + "/chat/completions", timeout=15,
-                      json={"model": "chat", "messages": [{"role": "user", "content": "go on"}], "stream": True}) as r:
+    with httpx.stream(
+        "POST",
+        procs["gw"].base_url + "/chat/completions",
+        timeout=15,
+        json={"model": "chat", "messages": [{"role": "user", "content": "go on"}], "stream": True},
+    ) as r:
         events = [line for line in r.iter_lines() if line.startswith("data: ")]
     assert time.monotonic() - t0 < 5  # first_byte_s (2 s) bounds the stall, not total_s
     assert events[-1] == "data: [DONE]" and "stalled" in events[-2]

@@ -33,12 +33,28 @@ from hybridgate.router import Attempt, BackendManager, BackendState, Call, Clien
 class Fake(Backend):
     """A backend whose next outcomes are scripted: 'ok', or an exception instance to raise."""
 
-    def __init__(self, name: str, priority: int = 1, *, group: str | None = None, price: dict | None = None,
-                 trip: int = 2, cooldown: float = 10.0, models: dict[str, str] | None = None) -> None:
-        super().__init__(BackendConfig(
-            name=name, kind="mock", models=models or {"m": f"{name}-model"}, priority=priority, group=group,
-            price=price or {}, health={"failures_to_trip": trip, "cooldown_s": cooldown},
-        ))
+    def __init__(
+        self,
+        name: str,
+        priority: int = 1,
+        *,
+        group: str | None = None,
+        price: dict | None = None,
+        trip: int = 2,
+        cooldown: float = 10.0,
+        models: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(
+            BackendConfig(
+                name=name,
+                kind="mock",
+                models=models or {"m": f"{name}-model"},
+                priority=priority,
+                group=group,
+                price=price or {},
+                health={"failures_to_trip": trip, "cooldown_s": cooldown},
+            )
+        )
         self.script: list[Any] = []
         self.calls: list[BackendRequest] = []
         self.healthy_check = True
@@ -57,8 +73,10 @@ class Fake(Backend):
         out = self._next()
         if isinstance(out, Exception):
             raise out
-        return BackendResponse(response_body(req.endpoint, "id", req.body["model"], self.name, "stop", Usage(10, 5)),
-                               Usage(10, 5))
+        return BackendResponse(
+            response_body(req.endpoint, "id", req.body["model"], self.name, "stop", Usage(10, 5)),
+            Usage(10, 5),
+        )
 
     async def stream(self, req: BackendRequest) -> AsyncIterator[dict[str, Any]]:
         self.calls.append(req)
@@ -70,7 +88,12 @@ class Fake(Backend):
         if self.mid_stream_error is not None:
             raise self.mid_stream_error
         yield chunk_body("chat", "id", "x", 0, finish_reason="stop")
-        yield {"id": "id", "object": "chat.completion.chunk", "choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 2}}
+        yield {
+            "id": "id",
+            "object": "chat.completion.chunk",
+            "choices": [],
+            "usage": {"prompt_tokens": 7, "completion_tokens": 2},
+        }
 
     async def check_health(self) -> None:
         if not self.healthy_check:
@@ -78,7 +101,9 @@ class Fake(Backend):
 
 
 def call(**kw: Any) -> Call:
-    base = dict(endpoint="chat", body={"model": "m", "messages": [{"role": "user", "content": "hi"}]}, model="m")
+    base = dict(
+        endpoint="chat", body={"model": "m", "messages": [{"role": "user", "content": "hi"}]}, model="m"
+    )
     base.update(kw)
     return Call(**base)
 
@@ -113,7 +138,14 @@ async def test_falls_back_to_next_backend_on_retryable_failure(failure: Exceptio
 
 async def test_client_error_from_backend_is_returned_as_is_without_fallback() -> None:
     a, b = Fake("a", 1), Fake("b", 2)
-    body = {"error": {"message": "context too long", "type": "invalid_request_error", "param": "messages", "code": None}}
+    body = {
+        "error": {
+            "message": "context too long",
+            "type": "invalid_request_error",
+            "param": "messages",
+            "code": None,
+        }
+    }
     a.script = [BackendHTTPError("bad", status=400, body=body)]
     with pytest.raises(ClientError) as ei:
         await BackendManager([a, b]).complete(call())
@@ -341,7 +373,9 @@ async def test_a_hanging_in_process_backend_times_out_and_falls_back() -> None:
             yield {}
 
     h = Hang("h", 1)
-    h.config = h.config.model_copy(update={"timeouts": h.config.timeouts.model_copy(update={"total_s": 0.2, "first_byte_s": 0.2})})
+    h.config = h.config.model_copy(
+        update={"timeouts": h.config.timeouts.model_copy(update={"total_s": 0.2, "first_byte_s": 0.2})}
+    )
     mgr = BackendManager([h, Fake("b", 2)])
     res = await mgr.complete(call())
     assert res.backend == "b" and "timed out" in (res.attempts[0].error or "")

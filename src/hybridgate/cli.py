@@ -61,7 +61,9 @@ app = typer.Typer(
 
 ConfigOpt = Annotated[
     Optional[Path],  # noqa: UP045 - typer needs Optional here
-    typer.Option("--config", "-c", help="YAML config file (default: the embedded default: SQLite, mock backend)."),
+    typer.Option(
+        "--config", "-c", help="YAML config file (default: the embedded default: SQLite, mock backend)."
+    ),
 ]
 
 
@@ -97,12 +99,20 @@ def _uvicorn_kwargs() -> dict[str, object]:
 @app.command()
 def serve(
     config: ConfigOpt = None,
-    host: Annotated[Optional[str], typer.Option(help="Address to bind (default from config: 127.0.0.1).")] = None,  # noqa: UP045
+    host: Annotated[
+        str | None, typer.Option(help="Address to bind (default from config: 127.0.0.1).")
+    ] = None,
     port: Annotated[Optional[int], typer.Option(help="Port to bind (default from config: 8080).")] = None,  # noqa: UP045
     workers: Annotated[Optional[int], typer.Option(help="Worker processes, one event loop each.")] = None,  # noqa: UP045
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
-    first_key: Annotated[bool, typer.Option("--first-key", help="With no master key and no API key yet, create "
-                                            "a key named 'local' and print it once (what `make run` does).")] = False,
+    first_key: Annotated[
+        bool,
+        typer.Option(
+            "--first-key",
+            help="With no master key and no API key yet, create "
+            "a key named 'local' and print it once (what `make run` does).",
+        ),
+    ] = False,
 ) -> None:
     """Run the gateway."""
     import uvicorn
@@ -132,7 +142,9 @@ def serve(
         # Each worker builds its own Gateway from the same file, via the import-string factory.
         if config is not None:
             os.environ["HYBRIDGATE_CONFIG"] = str(config.resolve())
-        uvicorn.run("hybridgate.api.app:app_factory", factory=True, host=h, port=p, workers=n, **_uvicorn_kwargs())  # type: ignore[arg-type]
+        uvicorn.run(
+            "hybridgate.api.app:app_factory", factory=True, host=h, port=p, workers=n, **_uvicorn_kwargs()
+        )  # type: ignore[arg-type]
 
 
 @app.command("mock-server")
@@ -140,14 +152,24 @@ def mock_server(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 9100,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     latency_ms: Annotated[float, typer.Option(help="Delay before every answer (ms).")] = 0.0,
-    ttft_ms: Annotated[Optional[float], typer.Option(help="Time to first token for streams (ms); default: --latency-ms.")] = None,  # noqa: UP045
+    ttft_ms: Annotated[
+        float | None, typer.Option(help="Time to first token for streams (ms); default: --latency-ms.")
+    ] = None,
     tokens_per_s: Annotated[float, typer.Option(help="Generation speed; 0 means instant.")] = 0.0,
-    fail_rate: Annotated[float, typer.Option(help="Fraction of requests answered with --fail-status (0..1).")] = 0.0,
+    fail_rate: Annotated[
+        float, typer.Option(help="Fraction of requests answered with --fail-status (0..1).")
+    ] = 0.0,
     fail_status: Annotated[int, typer.Option(help="HTTP status of injected failures.")] = 500,
-    drop_mid_stream: Annotated[bool, typer.Option("--drop-mid-stream", help="Cut streams halfway, without [DONE].")] = False,
-    stall_mid_stream: Annotated[bool, typer.Option("--stall-mid-stream", help="Stop sending halfway, keep the connection open.")] = False,
+    drop_mid_stream: Annotated[
+        bool, typer.Option("--drop-mid-stream", help="Cut streams halfway, without [DONE].")
+    ] = False,
+    stall_mid_stream: Annotated[
+        bool, typer.Option("--stall-mid-stream", help="Stop sending halfway, keep the connection open.")
+    ] = False,
     hang: Annotated[bool, typer.Option("--hang", help="Never answer (to test timeouts).")] = False,
-    model: Annotated[Optional[list[str]], typer.Option("--model", help="Model name to serve (repeatable); default: mock.")] = None,  # noqa: UP045
+    model: Annotated[
+        list[str] | None, typer.Option("--model", help="Model name to serve (repeatable); default: mock.")
+    ] = None,
     api_key: Annotated[Optional[str], typer.Option(help="Require this bearer key on /v1 calls.")] = None,  # noqa: UP045
     seed: Annotated[int, typer.Option(help="Seed of the failure-rate dice.")] = 0,
 ) -> None:
@@ -159,13 +181,25 @@ def mock_server(
 
     try:
         behaviour = MockBehaviour()
-        behaviour.update(dict(latency_ms=latency_ms, ttft_ms=ttft_ms, tokens_per_s=tokens_per_s, fail_rate=fail_rate,
-                              fail_status=fail_status, drop_mid_stream=drop_mid_stream,
-                              stall_mid_stream=stall_mid_stream, hang=hang, seed=seed))
+        behaviour.update(
+            dict(
+                latency_ms=latency_ms,
+                ttft_ms=ttft_ms,
+                tokens_per_s=tokens_per_s,
+                fail_rate=fail_rate,
+                fail_status=fail_status,
+                drop_mid_stream=drop_mid_stream,
+                stall_mid_stream=stall_mid_stream,
+                hang=hang,
+                seed=seed,
+            )
+        )
     except Exception as e:
         raise fail(f"bad mock-server option: {e}") from None
     server = MockServer(behaviour, models=model, api_key=api_key)
-    typer.secho(f"hybridgate mock-server: http://{host}:{port}/v1 (models: {', '.join(server.models)})", err=True)
+    typer.secho(
+        f"hybridgate mock-server: http://{host}:{port}/v1 (models: {', '.join(server.models)})", err=True
+    )
     uvicorn.run(server, host=host, port=port, **_uvicorn_kwargs())  # type: ignore[arg-type]
 
 
@@ -232,10 +266,17 @@ def _ensure_first_key(cfg: Config, base_url: str) -> None:
 @keys_app.command("create")
 def keys_create(
     name: Annotated[str, typer.Option("--name", help="Who or what the key is for.")],
-    budget_usd: Annotated[Optional[float], typer.Option("--budget-usd", help="Spend limit in USD; never exceeded.")] = None,  # noqa: UP045
+    budget_usd: Annotated[
+        float | None, typer.Option("--budget-usd", help="Spend limit in USD; never exceeded.")
+    ] = None,
     rpm: Annotated[Optional[int], typer.Option("--rpm", help="Requests per minute.")] = None,  # noqa: UP045
-    models: Annotated[Optional[str], typer.Option("--models", help="Comma-separated public models it may use (default: all).")] = None,  # noqa: UP045
-    expires: Annotated[Optional[str], typer.Option("--expires", help="Expiry: 2025-12-31 (00:00 UTC), a datetime, or 30d.")] = None,  # noqa: UP045
+    models: Annotated[
+        str | None,
+        typer.Option("--models", help="Comma-separated public models it may use (default: all)."),
+    ] = None,
+    expires: Annotated[
+        str | None, typer.Option("--expires", help="Expiry: 2025-12-31 (00:00 UTC), a datetime, or 30d.")
+    ] = None,
     config: ConfigOpt = None,
     output: OutputOpt = "table",
 ) -> None:
@@ -243,21 +284,37 @@ def keys_create(
     _check_output(output)
     cfg = load_or_exit(config)
     try:
-        spec = parse_spec({"name": name, "budget_usd": budget_usd, "rpm": rpm, "expires_at": expires,
-                           "models": models.split(",") if models is not None else None})
+        spec = parse_spec(
+            {
+                "name": name,
+                "budget_usd": budget_usd,
+                "rpm": rpm,
+                "expires_at": expires,
+                "models": models.split(",") if models is not None else None,
+            }
+        )
         spec.check_models(cfg.public_models())
         spec.expiry()
     except KeySpecError as e:
         raise fail(f"--{e.field.replace('_at', '').replace('_', '-')}: {e.message}") from None
     new = _with_store(cfg, lambda store: KeyStore(store).create_spec(spec))
     if output == "json":
-        typer.echo(orjson.dumps({**new.record.public(), "key": new.secret}, option=orjson.OPT_INDENT_2).decode())
+        typer.echo(
+            orjson.dumps({**new.record.public(), "key": new.secret}, option=orjson.OPT_INDENT_2).decode()
+        )
         return
     r = new.record
-    limits = [f"budget ${r.budget_usd:g}" if r.budget_usd is not None else "", f"{r.rpm} rpm" if r.rpm else "",
-              f"models {', '.join(r.models)}" if r.models else "", f"expires {fmt_time(r.expires_at)}" if r.expires_at else ""]
-    typer.secho(f"Created API key '{r.name}' ({r.id}; {'; '.join(x for x in limits if x) or 'no limits'}). "
-                "It is shown only this once:", err=True)
+    limits = [
+        f"budget ${r.budget_usd:g}" if r.budget_usd is not None else "",
+        f"{r.rpm} rpm" if r.rpm else "",
+        f"models {', '.join(r.models)}" if r.models else "",
+        f"expires {fmt_time(r.expires_at)}" if r.expires_at else "",
+    ]
+    typer.secho(
+        f"Created API key '{r.name}' ({r.id}; {'; '.join(x for x in limits if x) or 'no limits'}). "
+        "It is shown only this once:",
+        err=True,
+    )
     typer.echo(new.secret)
 
 
@@ -275,30 +332,50 @@ def keys_list(config: ConfigOpt = None, output: OutputOpt = "table") -> None:
 
     table = Table(title=f"API keys ({cfg.database})", title_justify="left")
     for col in ("name", "id", "prefix", "status", "budget", "spent", "rpm", "models", "expires"):
-        table.add_column(col, justify="right" if col in ("budget", "spent", "rpm") else "left",
-                         no_wrap=col in ("id", "prefix"))
+        table.add_column(
+            col,
+            justify="right" if col in ("budget", "spent", "rpm") else "left",
+            no_wrap=col in ("id", "prefix"),
+        )
     for x in rows:
-        table.add_row(x["name"], x["id"], x["prefix"] + "...", x["status"],
-                      "-" if x["budget"] is None else f"${x['budget']:g}", f"${x['spent']:.6f}",
-                      str(x["rpm"] or "-"), ", ".join(x["models"]) if x["models"] else "all", x["expires_at"] or "-")
+        table.add_row(
+            x["name"],
+            x["id"],
+            x["prefix"] + "...",
+            x["status"],
+            "-" if x["budget"] is None else f"${x['budget']:g}",
+            f"${x['spent']:.6f}",
+            str(x["rpm"] or "-"),
+            ", ".join(x["models"]) if x["models"] else "all",
+            x["expires_at"] or "-",
+        )
     _print(table if rows else "No API keys yet: `hybridgate keys create --name NAME` makes one.")
 
 
 @keys_app.command("revoke")
-def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (see `keys list`).")], config: ConfigOpt = None) -> None:
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (see `keys list`).")], config: ConfigOpt = None
+) -> None:
     """Revoke a key: running gateways refuse it within seconds (the key cache's TTL)."""
     cfg = load_or_exit(config)
     rec = _with_store(cfg, lambda store: KeyStore(store).revoke(key_id))
     if rec is None:
         raise fail(f"no API key with id '{key_id}' (`hybridgate keys list` shows them)")
-    typer.secho(f"Revoked API key '{rec.name}' ({rec.id}); running gateways refuse it within {KeyCache.ttl_s:g}s.", err=True)
+    typer.secho(
+        f"Revoked API key '{rec.name}' ({rec.id}); running gateways refuse it within {KeyCache.ttl_s:g}s.",
+        err=True,
+    )
 
 
 @app.command("usage")
 def usage_cmd(
     by: Annotated[str, typer.Option("--by", help="Group by backend, model, key or day.")] = "model",
-    since: Annotated[Optional[str], typer.Option("--since", help="Start: 7d, 24h, a date or datetime (default: all).")] = None,  # noqa: UP045
-    until: Annotated[Optional[str], typer.Option("--until", help="End (exclusive), same forms as --since.")] = None,  # noqa: UP045
+    since: Annotated[
+        str | None, typer.Option("--since", help="Start: 7d, 24h, a date or datetime (default: all).")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option("--until", help="End (exclusive), same forms as --since.")
+    ] = None,
     key: Annotated[Optional[str], typer.Option("--key", help="Only this key id.")] = None,  # noqa: UP045
     config: ConfigOpt = None,
     output: OutputOpt = "table",
@@ -313,7 +390,9 @@ def usage_cmd(
     except ValueError as e:
         raise fail(f"--since/--until: {e}") from None
     cfg = load_or_exit(config)
-    report = _with_store(cfg, lambda store: usage_report(store, group_by=by, since=start, until=end, key_id=key))
+    report = _with_store(
+        cfg, lambda store: usage_report(store, group_by=by, since=start, until=end, key_id=key)
+    )
     if output == "json":
         typer.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
         return
@@ -324,8 +403,14 @@ def usage_cmd(
     for col in (by, "requests", "attempts", "input tokens", "output tokens", "cost (USD)"):
         table.add_column(col, justify="left" if col == by else "right")
     for x in report["data"]:
-        table.add_row(str(x["group"]), str(x["requests"]), str(x["attempts"]), f"{x['input_tokens']:,}",
-                      f"{x['output_tokens']:,}", f"{x['cost_usd']:.6f}")
+        table.add_row(
+            str(x["group"]),
+            str(x["requests"]),
+            str(x["attempts"]),
+            f"{x['input_tokens']:,}",
+            f"{x['output_tokens']:,}",
+            f"{x['cost_usd']:.6f}",
+        )
     table.add_section()
     table.add_row("total", "", "", "", "", f"{report['total_cost_usd']:.6f}")
     _print(table)
@@ -336,7 +421,9 @@ def db_upgrade(config: ConfigOpt = None) -> None:
     """Bring the database to the newest schema (serve does this at start too)."""
     cfg = load_or_exit(config)
     rev = _with_store(cfg, lambda store: current_revision(store.engine))
-    typer.secho(f"database {Store(cfg.database).describe()} is at revision {rev} (head: {head_revision()})", err=True)
+    typer.secho(
+        f"database {Store(cfg.database).describe()} is at revision {rev} (head: {head_revision()})", err=True
+    )
 
 
 # --- check, wait, drift: the test toolkit; the logic lives in hybridgate.testing ----------------------------

@@ -13,8 +13,17 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-
-from hybridgate._asgi import ClientGone, Receive, Scope, Send, header, read_body, send_bytes, send_error, send_json
+from hybridgate._asgi import (
+    ClientGone,
+    Receive,
+    Scope,
+    Send,
+    header,
+    read_body,
+    send_bytes,
+    send_error,
+    send_json,
+)
 from hybridgate.api import admin, health, inference, usage
 from hybridgate.auth import Authenticator, KeyCache, KeyStore, KeyWatcher, Principal
 from hybridgate.backends import build_backend
@@ -89,8 +98,14 @@ class Gateway:
             await fn()
         log.info(
             "gateway started",
-            extra={"fields": {"backends": [b.name for b in self.manager.backends], "models": self.manager.models(),
-                              "auth": self.auth.mode, "config": self.config.source}},
+            extra={
+                "fields": {
+                    "backends": [b.name for b in self.manager.backends],
+                    "models": self.manager.models(),
+                    "auth": self.auth.mode,
+                    "config": self.config.source,
+                }
+            },
         )
 
     async def shutdown(self) -> None:
@@ -164,10 +179,14 @@ class Gateway:
     async def _not_found(self, method: str, path: str, send: Send) -> None:
         known = {p for (_, p) in [*self.routes, *self.v1_routes]}
         if path in known:
-            err: GatewayError = BadRequestError(f"Method {method} is not allowed on {path}.", code="method_not_allowed")
+            err: GatewayError = BadRequestError(
+                f"Method {method} is not allowed on {path}.", code="method_not_allowed"
+            )
             err.status = 405
         else:
-            err = NotFoundError(f"Unknown path {path}. This gateway serves /v1/chat/completions, /v1/completions, /v1/models.")
+            err = NotFoundError(
+                f"Unknown path {path}. This gateway serves /v1/chat/completions, /v1/completions, /v1/models."
+            )
         await send_error(send, err)
 
     def _account(self, ctx: dict[str, Any], seconds: float) -> None:
@@ -239,7 +258,9 @@ class Gateway:
         await send_json(send, 200, health.backends(self))
 
     async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send_bytes(send, 200, self.metrics.render(), [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")])
+        await send_bytes(
+            send, 200, self.metrics.render(), [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]
+        )
 
 
 def _attempt_headers(ctx: dict[str, Any]) -> list[tuple[bytes, bytes]]:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from hybridgate._asgi import SSE_DONE, SSE_HEADERS, Receive, Scope, Send, header, send_bytes, sse
 from hybridgate.backends import BackendError
 from hybridgate.protocol import Endpoint, PermissionDeniedError, parse_request
-from hybridgate.router import Attempt, Call, NO_HOOKS, Result, Stream
+from hybridgate.router import NO_HOOKS, Attempt, Call, Result, Stream
 
 if TYPE_CHECKING:
     from hybridgate.api.app import Gateway
@@ -19,7 +19,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("hybridgate.api")
 
 
-def _headers(backend: str | None, attempts: list[Attempt], cost: float | None, request_id: str) -> list[tuple[bytes, bytes]]:
+def _headers(
+    backend: str | None, attempts: list[Attempt], cost: float | None, request_id: str
+) -> list[tuple[bytes, bytes]]:
     h = [
         (b"x-request-id", request_id.encode()),
         (b"x-hybridgate-attempts", str(sum(1 for a in attempts if a.duration_s or a.ok)).encode()),
@@ -31,12 +33,22 @@ def _headers(backend: str | None, attempts: list[Attempt], cost: float | None, r
     return h
 
 
-async def handle(gw: Gateway, endpoint: Endpoint, scope: Scope, receive: Receive, send: Send, raw: bytes, ctx: dict[str, Any]) -> None:
+async def handle(
+    gw: Gateway,
+    endpoint: Endpoint,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    raw: bytes,
+    ctx: dict[str, Any],
+) -> None:
     body, req = parse_request(raw, endpoint)
     principal = ctx["principal"]
     allowed = getattr(principal, "allowed_models", None)
     if allowed and req.model not in allowed:
-        raise PermissionDeniedError(f"This API key may not use model '{req.model}'; it may use: {', '.join(allowed)}.", param="model")
+        raise PermissionDeniedError(
+            f"This API key may not use model '{req.model}'; it may use: {', '.join(allowed)}.", param="model"
+        )
     call = Call(
         endpoint=endpoint,
         body=body,
@@ -63,13 +75,22 @@ async def _answer(gw: Gateway, result: Result, send: Send, ctx: dict[str, Any]) 
     import orjson
 
     cost = result.cost_usd
-    hdrs = [(b"content-type", b"application/json"), *_headers(result.backend, result.attempts, cost, ctx["request_id"])]
+    hdrs = [
+        (b"content-type", b"application/json"),
+        *_headers(result.backend, result.attempts, cost, ctx["request_id"]),
+    ]
     ctx["status"] = 200
     await send_bytes(send, 200, orjson.dumps(result.body), hdrs)
 
 
 async def _stream(
-    gw: Gateway, stream: Stream, include_usage: bool, scope: Scope, receive: Receive, send: Send, ctx: dict[str, Any]
+    gw: Gateway,
+    stream: Stream,
+    include_usage: bool,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    ctx: dict[str, Any],
 ) -> None:
     model = stream.call.model
     ctx["backend"] = stream.backend

@@ -24,7 +24,15 @@ from hybridgate.backends._base import (
 )
 from hybridgate.config import BackendConfig
 from hybridgate.config._schema import MockOptions
-from hybridgate.protocol import Endpoint, Usage, chunk_body, completion_id, prompt_text, response_body, usage_chunk
+from hybridgate.protocol import (
+    Endpoint,
+    Usage,
+    chunk_body,
+    completion_id,
+    prompt_text,
+    response_body,
+    usage_chunk,
+)
 
 _TOKEN = re.compile(r"\s*[\w']+|\s*[^\w\s]")
 _DEFAULT_MAX_TOKENS = 64
@@ -103,7 +111,11 @@ class MockEngine:
         n_messages = len(body.get("messages", ())) if endpoint == "chat" else 0
         # OpenAI counts a few tokens of framing per chat message; do the same so numbers look plausible.
         prompt_tokens = count_tokens(prompt) + 3 * n_messages + (3 if n_messages else 0)
-        limit = body.get("max_completion_tokens") or body.get("max_tokens") or (16 if endpoint == "completions" else _DEFAULT_MAX_TOKENS)
+        limit = (
+            body.get("max_completion_tokens")
+            or body.get("max_tokens")
+            or (16 if endpoint == "completions" else _DEFAULT_MAX_TOKENS)
+        )
         text = self._answer(prompt)
         tokens = tokenize(text)
         finish = "stop"
@@ -161,11 +173,17 @@ class MockEngine:
         tps = self.behaviour.tokens_per_s
         return 1.0 / tps if tps > 0 else 0.0
 
-    def respond(self, endpoint: Endpoint, body: dict[str, Any], model: str) -> tuple[dict[str, Any], Generation]:
+    def respond(
+        self, endpoint: Endpoint, body: dict[str, Any], model: str
+    ) -> tuple[dict[str, Any], Generation]:
         gen = self.generate(endpoint, body)
-        return response_body(endpoint, completion_id(endpoint), model, gen.text, gen.finish_reason, gen.usage()), gen
+        return response_body(
+            endpoint, completion_id(endpoint), model, gen.text, gen.finish_reason, gen.usage()
+        ), gen
 
-    async def chunks(self, endpoint: Endpoint, body: dict[str, Any], model: str) -> AsyncIterator[dict[str, Any] | None]:
+    async def chunks(
+        self, endpoint: Endpoint, body: dict[str, Any], model: str
+    ) -> AsyncIterator[dict[str, Any] | None]:
         """Stream chunks; yields None where a mid-stream drop is injected, and blocks there for a stall."""
         gen = self.generate(endpoint, body)
         id_, created = completion_id(endpoint), int(time.time())
@@ -197,7 +215,9 @@ class MockBackend(Backend):
     async def _maybe_fail(self, stream: bool) -> None:
         if self.engine.should_fail():
             s = self.engine.behaviour.fail_status
-            raise BackendHTTPError(f"HTTP {s}: mock: injected failure", status=s, body=self.engine.failure_body())
+            raise BackendHTTPError(
+                f"HTTP {s}: mock: injected failure", status=s, body=self.engine.failure_body()
+            )
         await self.engine.before_answer(stream)
 
     async def complete(self, req: BackendRequest) -> BackendResponse:

@@ -87,7 +87,9 @@ class OpenAIBackend(Backend):
         except aiohttp.ConnectionTimeoutError:
             raise BackendTimeoutError(f"connect timed out after {t.connect_s:g}s") from None
         except aiohttp.ServerTimeoutError:
-            raise BackendTimeoutError(f"timed out waiting for the first byte after {t.first_byte_s:g}s") from None
+            raise BackendTimeoutError(
+                f"timed out waiting for the first byte after {t.first_byte_s:g}s"
+            ) from None
         except TimeoutError:
             which = "total" if first_byte_by == deadline else "first byte"
             limit = t.total_s if which == "total" else t.first_byte_s
@@ -108,7 +110,9 @@ class OpenAIBackend(Backend):
                 payload = orjson.loads(text) if text else None
             except orjson.JSONDecodeError:
                 payload = None
-            raise BackendHTTPError(_error_message(resp.status, payload, text), status=resp.status, body=payload)
+            raise BackendHTTPError(
+                _error_message(resp.status, payload, text), status=resp.status, body=payload
+            )
         return resp
 
     async def complete(self, req: BackendRequest) -> BackendResponse:
@@ -118,9 +122,13 @@ class OpenAIBackend(Backend):
             async with asyncio.timeout_at(deadline):
                 raw = await resp.read()
         except aiohttp.ServerTimeoutError:
-            raise BackendTimeoutError(f"response stalled: no data for {self.config.timeouts.first_byte_s:g}s") from None
+            raise BackendTimeoutError(
+                f"response stalled: no data for {self.config.timeouts.first_byte_s:g}s"
+            ) from None
         except TimeoutError:
-            raise BackendTimeoutError(f"timed out reading the response after {self.config.timeouts.total_s:g}s") from None
+            raise BackendTimeoutError(
+                f"timed out reading the response after {self.config.timeouts.total_s:g}s"
+            ) from None
         except (aiohttp.ClientError, OSError) as e:
             raise BackendConnectError(f"connection lost while reading the response: {e!r}") from None
         finally:
@@ -162,9 +170,13 @@ class OpenAIBackend(Backend):
                     if not data:
                         break
         except aiohttp.ServerTimeoutError:
-            raise BackendTimeoutError(f"stream stalled: no data for {self.config.timeouts.first_byte_s:g}s") from None
+            raise BackendTimeoutError(
+                f"stream stalled: no data for {self.config.timeouts.first_byte_s:g}s"
+            ) from None
         except TimeoutError:
-            raise BackendTimeoutError(f"stream exceeded the total timeout of {self.config.timeouts.total_s:g}s") from None
+            raise BackendTimeoutError(
+                f"stream exceeded the total timeout of {self.config.timeouts.total_s:g}s"
+            ) from None
         except (aiohttp.ClientError, OSError) as e:
             raise BackendStreamError(f"connection dropped mid-stream: {e!r}") from None
         finally:
@@ -178,10 +190,14 @@ class OpenAIBackend(Backend):
             async with asyncio.timeout(h.timeout_s):
                 async with self.session.get(self._health_url, headers=self._headers) as resp:
                     if resp.status >= 400:
-                        raise BackendHTTPError(f"health check {self._health_url} answered HTTP {resp.status}", status=resp.status)
+                        raise BackendHTTPError(
+                            f"health check {self._health_url} answered HTTP {resp.status}", status=resp.status
+                        )
                     await resp.read()
         except TimeoutError:
-            raise BackendTimeoutError(f"health check {self._health_url} timed out after {h.timeout_s:g}s") from None
+            raise BackendTimeoutError(
+                f"health check {self._health_url} timed out after {h.timeout_s:g}s"
+            ) from None
         except (aiohttp.ClientError, OSError) as e:
             raise BackendConnectError(f"health check {self._health_url} failed: {e}") from None
 

@@ -20,9 +20,13 @@ class _HealthCollector(Collector):
         self._snapshot = snapshot
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        healthy = GaugeMetricFamily("hybridgate_backend_healthy", "1 when the backend is healthy and ready", labels=["backend"])
+        healthy = GaugeMetricFamily(
+            "hybridgate_backend_healthy", "1 when the backend is healthy and ready", labels=["backend"]
+        )
         failures = GaugeMetricFamily(
-            "hybridgate_backend_consecutive_failures", "Consecutive failed calls or checks", labels=["backend"]
+            "hybridgate_backend_consecutive_failures",
+            "Consecutive failed calls or checks",
+            labels=["backend"],
         )
         for s in self._snapshot():
             healthy.add_metric([s["name"]], 1.0 if s["healthy"] else 0.0)
@@ -36,16 +40,29 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
-            "hybridgate_requests", "Requests answered, by model and final status", ["model", "status"], registry=r
+            "hybridgate_requests",
+            "Requests answered, by model and final status",
+            ["model", "status"],
+            registry=r,
         )
         self.attempts = Counter(
-            "hybridgate_backend_attempts", "Attempts against backends, by outcome", ["backend", "outcome"], registry=r
+            "hybridgate_backend_attempts",
+            "Attempts against backends, by outcome",
+            ["backend", "outcome"],
+            registry=r,
         )
         self.latency = Histogram(
-            "hybridgate_backend_latency_seconds", "Duration of successful attempts", ["backend"], buckets=_BUCKETS, registry=r
+            "hybridgate_backend_latency_seconds",
+            "Duration of successful attempts",
+            ["backend"],
+            buckets=_BUCKETS,
+            registry=r,
         )
         self.fallbacks = Counter(
-            "hybridgate_fallbacks", "Requests served by other than their first candidate", ["model"], registry=r
+            "hybridgate_fallbacks",
+            "Requests served by other than their first candidate",
+            ["model"],
+            registry=r,
         )
         self.cost = Counter("hybridgate_cost_usd", "Estimated spend in USD", ["backend"], registry=r)
         self.tokens = Counter("hybridgate_tokens", "Tokens processed", ["backend", "direction"], registry=r)

@@ -94,7 +94,11 @@ def _param(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("str", "list[str]", "list[dict[str,any]]") or "[" in str(part) or "function-" in str(part):
+        elif (
+            part in ("str", "list[str]", "list[dict[str,any]]")
+            or "[" in str(part)
+            or "function-" in str(part)
+        ):
             # union-member tags pydantic adds to the location; not part of the field path
             continue
         else:
@@ -102,7 +106,9 @@ def _param(loc: tuple[Any, ...]) -> str:
     return out or "body"
 
 
-def parse_request(raw: bytes, endpoint: Endpoint) -> tuple[dict[str, Any], ChatCompletionRequest | CompletionRequest]:
+def parse_request(
+    raw: bytes, endpoint: Endpoint
+) -> tuple[dict[str, Any], ChatCompletionRequest | CompletionRequest]:
     """Parse and validate a request body; returns the raw dict (forwarded) and the validated model."""
     try:
         data = orjson.loads(raw)
@@ -121,7 +127,11 @@ def parse_request(raw: bytes, endpoint: Endpoint) -> tuple[dict[str, Any], ChatC
             msg = f"Missing required parameter: '{param}'."
         else:
             msg = f"Invalid value for '{param}': {msg}."
-        raise BadRequestError(msg, param=param, code="invalid_value" if err["type"] != "missing" else "missing_required_parameter") from None
+        raise BadRequestError(
+            msg,
+            param=param,
+            code="invalid_value" if err["type"] != "missing" else "missing_required_parameter",
+        ) from None
     return data, req
 
 
@@ -136,7 +146,13 @@ def _now() -> int:
 
 
 def response_body(
-    endpoint: Endpoint, id_: str, model: str, text: str, finish_reason: str, usage: Usage, created: int | None = None
+    endpoint: Endpoint,
+    id_: str,
+    model: str,
+    text: str,
+    finish_reason: str,
+    usage: Usage,
+    created: int | None = None,
 ) -> dict[str, Any]:
     """A whole (non-streamed) chat.completion or text_completion object."""
     created = created or _now()
@@ -180,18 +196,37 @@ def chunk_body(
             delta["content"] = ""
         if text is not None:
             delta["content"] = text
-        choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        choice: dict[str, Any] = {
+            "index": 0,
+            "delta": delta,
+            "logprobs": None,
+            "finish_reason": finish_reason,
+        }
         obj = "chat.completion.chunk"
     else:
         choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
         obj = "text_completion"
-    return {"id": id_, "object": obj, "created": created, "model": model, "choices": [choice], "system_fingerprint": None}
+    return {
+        "id": id_,
+        "object": obj,
+        "created": created,
+        "model": model,
+        "choices": [choice],
+        "system_fingerprint": None,
+    }
 
 
 def usage_chunk(endpoint: Endpoint, id_: str, model: str, created: int, usage: Usage) -> dict[str, Any]:
     """The final chunk `stream_options.include_usage` asks for: no choices, only usage."""
     obj = "chat.completion.chunk" if endpoint == "chat" else "text_completion"
-    return {"id": id_, "object": obj, "created": created, "model": model, "choices": [], "usage": usage.as_dict()}
+    return {
+        "id": id_,
+        "object": obj,
+        "created": created,
+        "model": model,
+        "choices": [],
+        "usage": usage.as_dict(),
+    }
 
 
 def prompt_text(body: dict[str, Any], endpoint: Endpoint) -> str:

@@ -60,7 +60,9 @@ class BackendState:
                 self.trips += 1
                 log.warning(
                     "backend %s marked unhealthy after %d consecutive failures: %s",
-                    self.name, self.consecutive_failures, error,
+                    self.name,
+                    self.consecutive_failures,
+                    error,
                 )
             self.healthy = False
             self.open_until = self._clock() + cfg.cooldown_s
@@ -118,4 +120,6 @@ async def health_loop(state: BackendState) -> None:
             except TimeoutError:
                 state.last_check = time.time()
                 state.record_failure(f"health check timed out after {cfg.timeout_s:g}s")
-        await asyncio.sleep(cfg.interval_s if state.healthy else min(cfg.interval_s, max(cfg.cooldown_s, 0.5)))
+        await asyncio.sleep(
+            cfg.interval_s if state.healthy else min(cfg.interval_s, max(cfg.cooldown_s, 0.5))
+        )

@@ -164,7 +164,9 @@ class BackendManager:
             if st.routable():
                 routable.append(st)
             else:
-                skipped.append(Attempt(st.name, st.backend.config.models[call.model], error=st.why_not_routable()))
+                skipped.append(
+                    Attempt(st.name, st.backend.config.models[call.model], error=st.why_not_routable())
+                )
         return routable, skipped
 
     def _request(self, st: BackendState, call: Call) -> BackendRequest:
@@ -195,7 +197,13 @@ class BackendManager:
         await call.hooks.after_attempt(st, a)
 
     async def _abandon(
-        self, st: BackendState, call: Call, a: Attempt, attempts: list[Attempt], t0: float, error: str | None = None
+        self,
+        st: BackendState,
+        call: Call,
+        a: Attempt,
+        attempts: list[Attempt],
+        t0: float,
+        error: str | None = None,
     ) -> None:
         """Settle an attempt that ended by cancellation (error None) or an unexpected exception."""
         a.duration_s = time.perf_counter() - t0
@@ -422,7 +430,9 @@ def _estimated_usage(call: Call, body: dict[str, Any] | None, chars: int | None 
             msg = ch.get("message")
             t = msg.get("content") if isinstance(msg, dict) else ch.get("text")
             chars += len(t) if isinstance(t, str) else 0
-    return Usage(_estimate_tokens(len(prompt_text(call.body, call.endpoint))), _estimate_tokens(chars), estimated=True)
+    return Usage(
+        _estimate_tokens(len(prompt_text(call.body, call.endpoint))), _estimate_tokens(chars), estimated=True
+    )
 
 
 async def _aclose(it: Any) -> None:
@@ -435,4 +445,10 @@ async def _aclose(it: Any) -> None:
 
 
 def _attempt_json(a: Attempt) -> dict[str, Any]:
-    return {"backend": a.backend, "ok": a.ok, "status": a.status, "error": a.error, "duration_s": round(a.duration_s, 4)}
+    return {
+        "backend": a.backend,
+        "ok": a.ok,
+        "status": a.status,
+        "error": a.error,
+        "duration_s": round(a.duration_s, 4),
+    }

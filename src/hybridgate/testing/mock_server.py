@@ -26,7 +26,13 @@ from hybridgate._asgi import (
 )
 from hybridgate.auth import bearer_token
 from hybridgate.backends.mock import MockBehaviour, MockEngine
-from hybridgate.protocol import AuthenticationError, BadRequestError, GatewayError, ModelNotFoundError, parse_request
+from hybridgate.protocol import (
+    AuthenticationError,
+    BadRequestError,
+    GatewayError,
+    ModelNotFoundError,
+    parse_request,
+)
 from hybridgate.protocol._errors import NotFoundError
 
 
@@ -35,8 +41,13 @@ class MockDroppedConnection(Exception):
 
 
 class MockServer:
-    def __init__(self, behaviour: MockBehaviour, models: list[str] | None = None, api_key: str | None = None,
-                 max_body_bytes: int = 1024 * 1024) -> None:
+    def __init__(
+        self,
+        behaviour: MockBehaviour,
+        models: list[str] | None = None,
+        api_key: str | None = None,
+        max_body_bytes: int = 1024 * 1024,
+    ) -> None:
         self.engine = MockEngine(behaviour)
         self.models = models or ["mock"]
         self.api_key = api_key
@@ -66,14 +77,27 @@ class MockServer:
                         self.engine.behaviour.update(changes)
                     except Exception as e:
                         raise BadRequestError(f"invalid mock config: {e}") from None
-                await send_json(send, 200, {**self.engine.behaviour.as_dict(), "requests": self.engine.requests})
+                await send_json(
+                    send, 200, {**self.engine.behaviour.as_dict(), "requests": self.engine.requests}
+                )
             elif path.startswith("/v1/"):
                 self._check_key(scope)
                 if path == "/v1/models" and method == "GET":
-                    await send_json(send, 200, {"object": "list", "data": [
-                        {"id": m, "object": "model", "created": 0, "owned_by": "hybridgate-mock"} for m in self.models]})
+                    await send_json(
+                        send,
+                        200,
+                        {
+                            "object": "list",
+                            "data": [
+                                {"id": m, "object": "model", "created": 0, "owned_by": "hybridgate-mock"}
+                                for m in self.models
+                            ],
+                        },
+                    )
                 elif path in ("/v1/chat/completions", "/v1/completions") and method == "POST":
-                    await self._complete(scope, receive, send, "chat" if path.endswith("chat/completions") else "completions")
+                    await self._complete(
+                        scope, receive, send, "chat" if path.endswith("chat/completions") else "completions"
+                    )
                 else:
                     raise NotFoundError(f"Unknown path {method} {path}.")
             else:

@@ -93,8 +93,14 @@ class Proc:
         return self.popen.returncode
 
 
-def _spawn(args: list[str], port: int, env: dict[str, str] | None, health_path: str, timeout: float,
-           cwd: str | os.PathLike[str] | None = None) -> Proc:
+def _spawn(
+    args: list[str],
+    port: int,
+    env: dict[str, str] | None,
+    health_path: str,
+    timeout: float,
+    cwd: str | os.PathLike[str] | None = None,
+) -> Proc:
     log = Path(tempfile.mkstemp(prefix="hybridgate-", suffix=".log")[1])
     full_env = {**os.environ, **(env or {})}
     cmd = [sys.executable, "-m", "hybridgate", *args]
@@ -133,9 +139,15 @@ def write_config(config: dict[str, Any], directory: str | os.PathLike[str] | Non
     return path
 
 
-def start_gateway(config: dict[str, Any] | str | os.PathLike[str] | None = None, *, port: int | None = None,
-                  env: dict[str, str] | None = None, timeout: float = 60.0, workdir: str | os.PathLike[str] | None = None,
-                  extra_args: list[str] | None = None) -> Proc:
+def start_gateway(
+    config: dict[str, Any] | str | os.PathLike[str] | None = None,
+    *,
+    port: int | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 60.0,
+    workdir: str | os.PathLike[str] | None = None,
+    extra_args: list[str] | None = None,
+) -> Proc:
     """`hybridgate serve` on a config (a dict is written to a temporary file; None means the embedded default).
 
     It runs in `workdir`, a fresh temporary directory unless given, so relative paths in the config (the
@@ -180,7 +192,11 @@ def wait_backend_ready(gateway_url: str, backend: str, timeout: float = 120.0) -
 
 def set_mock_behaviour(url: str, **changes: Any) -> dict[str, Any]:
     """Change a running mock server's faults (`fail_rate`, `hang`, `latency_ms`, ...) and return the result."""
-    req = urllib.request.Request(url.rstrip("/") + "/_mock/config", data=orjson.dumps(changes), method="POST",
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url.rstrip("/") + "/_mock/config",
+        data=orjson.dumps(changes),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=5) as r:
         return dict(orjson.loads(r.read()))
