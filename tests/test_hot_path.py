@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import orjson
 import pytest
@@ -106,3 +107,34 @@ async def test_request_lines_are_written_in_batches_in_order_with_other_records(
         assert {"ts", "ts_end", "level"} <= lines[0].keys()
     finally:
         root.handlers[:], root.level, root.propagate, logs._handler = saved
+
+
+def test_serve_with_two_workers_answers_and_every_worker_logs(tmp_path: Path) -> None:
+    import time
+    import urllib.request
+
+    from hybridgate.testing.procs import start_gateway
+
+    cfg = {
+        "database": f"sqlite:///{tmp_path / 'gw.db'}",
+        "backends": [{"name": "mock", "kind": "mock", "models": {"mock": "mock"}, "price": {"free": True}}],
+    }
+    gw = start_gateway(cfg, workdir=tmp_path, extra_args=["--workers", "2"])
+    try:
+        body = orjson.dumps({"model": "mock", "messages": [{"role": "user", "content": "hi"}]})
+        for _ in range(4):
+            req = urllib.request.Request(
+                gw.base_url + "/chat/completions", data=body, headers={"Content-Type": "application/json"}
+            )
+            with urllib.request.urlopen(req, timeout=10) as r:
+                assert r.status == 200
+        deadline = time.monotonic() + 20  # the second worker may still be starting: health had one answer
+        while time.monotonic() < deadline and (
+            gw.log().count('"msg":"request"') < 4 or gw.log().count('"msg":"gateway started"') < 2
+        ):
+            time.sleep(0.05)
+        # Workers are fresh interpreters: each must set up logging itself, or its lines are lost.
+        assert gw.log().count('"msg":"gateway started"') == 2, gw.log()
+        assert gw.log().count('"msg":"request"') == 4, gw.log()
+    finally:
+        assert gw.stop() in (0, -15)

@@ -139,9 +139,11 @@ def serve(
     if n == 1:
         uvicorn.run(gw, host=h, port=p, **_uvicorn_kwargs())  # type: ignore[arg-type]
     else:
-        # Each worker builds its own Gateway from the same file, via the import-string factory.
+        # Each worker builds its own Gateway from the same file, via the import-string factory, and
+        # sets up its own logging (a worker is a fresh interpreter).
         if config is not None:
             os.environ["HYBRIDGATE_CONFIG"] = str(config.resolve())
+        os.environ["HYBRIDGATE_LOG_LEVEL"] = log_level
         uvicorn.run(
             "hybridgate.api.app:app_factory", factory=True, host=h, port=p, workers=n, **_uvicorn_kwargs()
         )  # type: ignore[arg-type]

@@ -29,7 +29,7 @@ from hybridgate.auth import Authenticator, KeyCache, KeyStore, KeyWatcher, Princ
 from hybridgate.backends import build_backend
 from hybridgate.config import Config, ConfigError, load_config
 from hybridgate.ledger import Ledger
-from hybridgate.observability import Metrics, flush_logs, log_request
+from hybridgate.observability import Metrics, configure_logging, flush_logs, log_request
 from hybridgate.protocol import GatewayError, NotFoundError
 from hybridgate.protocol._errors import BadRequestError
 from hybridgate.router import BackendManager, CallHooks, health_loop
@@ -279,7 +279,11 @@ def create_app(config: Config | None = None, env: dict[str, str] | None = None) 
 
 
 def app_factory() -> Gateway:
-    """Entry point for `uvicorn --factory` and for each worker of `hybridgate serve --workers N`."""
+    """Entry point for `uvicorn --factory` and for each worker of `hybridgate serve --workers N`.
+
+    A worker is a fresh interpreter: it sets up logging itself (HYBRIDGATE_LOG_LEVEL, default info).
+    """
+    configure_logging(os.environ.get("HYBRIDGATE_LOG_LEVEL") or "info")
     return create_app()
 
 
