@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
-from hybridgate.backends import Backend, BackendError, BackendRequest, BackendStreamError
+from hybridgate.backends import Backend, BackendError, BackendRequest
 from hybridgate.protocol import (
     BadRequestError,
     Endpoint,
@@ -21,6 +22,7 @@ from hybridgate.protocol import (
 from hybridgate.router._health import BackendState
 
 log = logging.getLogger("hybridgate.router")
+_T = TypeVar("_T")
 
 
 @dataclass(slots=True)
@@ -196,23 +198,74 @@ class BackendManager:
         a.cost_usd = price.cost(a.usage.prompt_tokens, a.usage.completion_tokens, a.duration_s)
         await call.hooks.after_attempt(st, a)
 
-    async def _abandon(
+    async def _admit(
+        self, st: BackendState, call: Call, req: BackendRequest, a: Attempt, attempts: list[Attempt]
+    ) -> GatewayError | None:
+        """Ask the call's policy (budget, limits) whether this backend may be tried; the refusal if not."""
+        try:
+            await call.hooks.before_attempt(st, req)
+        except GatewayError as e:
+            a.error, a.status = e.message, e.status
+            attempts.append(a)
+            return e
+        return None
+
+    async def _attempt(
         self,
         st: BackendState,
         call: Call,
         a: Attempt,
         attempts: list[Attempt],
-        t0: float,
-        error: str | None = None,
-    ) -> None:
-        """Settle an attempt that ended by cancellation (error None) or an unexpected exception."""
-        a.duration_s = time.perf_counter() - t0
-        a.error = error or "cancelled (client gone or server shutting down)"
+        op: Callable[[], Awaitable[_T]],
+        limit_s: float,
+        waiting_for: str,
+        cleanup: Callable[[], Awaitable[None]] | None = None,
+    ) -> _T | None:
+        """Run an attempt's first step under `limit_s`; None when it failed and the next backend should go.
+
+        Every way it can fail is settled here once: recorded, charged (after_attempt), counted against the
+        backend's health when that is fair, and re-raised only for the client's own errors and cancellation.
+        """
+        t0 = time.perf_counter()
+        try:
+            # Adapters enforce finer timeouts themselves; this bounds in-process ones (mock, llamacpp) too.
+            async with asyncio.timeout(limit_s):
+                return await op()
+        except TimeoutError:
+            error, status, unhealthy = f"timed out waiting for {waiting_for} after {limit_s:g}s", None, True
+        except StopAsyncIteration:
+            error, status, unhealthy = "stream ended before its first chunk", None, True
+        except BackendError as e:
+            error, status, unhealthy = e.message, e.status, e.marks_unhealthy
+            if not e.retryable:
+                if cleanup is not None:
+                    await cleanup()
+                a.duration_s, a.error, a.status = time.perf_counter() - t0, error, status
+                attempts.append(a)
+                await self._finish(st, call, a)
+                raise ClientError(e, attempts) from None
+        except asyncio.CancelledError:
+            if cleanup is not None:
+                await asyncio.shield(cleanup())
+            a.duration_s, a.error = (
+                time.perf_counter() - t0,
+                "cancelled (client gone or server shutting down)",
+            )
+            attempts.append(a)
+            # Shielded: the ledger row and the budget settlement must happen even while being cancelled.
+            await asyncio.shield(self._finish(st, call, a))
+            raise
+        except Exception as e:  # an adapter bug: count it against that backend and move on
+            log.exception("backend %s raised unexpectedly", st.name)
+            error, status, unhealthy = f"adapter error: {e!r}", None, True
+        if cleanup is not None:
+            await cleanup()
+        a.duration_s, a.error, a.status = time.perf_counter() - t0, error, status
         attempts.append(a)
-        if error is not None:
+        await self._finish(st, call, a)
+        if unhealthy:
             st.record_failure(error)
-        # Shielded: the ledger row and the budget settlement must happen even while being cancelled.
-        await asyncio.shield(self._finish(st, call, a))
+        return None
 
     async def complete(self, call: Call) -> Result:
         """Run a non-streamed call with fallback. Raises GatewayError when nothing could answer."""
@@ -221,41 +274,20 @@ class BackendManager:
         for st in plan:
             req = self._request(st, call)
             a = Attempt(st.name, req.body["model"])
-            try:
-                await call.hooks.before_attempt(st, req)
-            except GatewayError as e:
-                refusal = refusal or e
-                a.error, a.status = e.message, e.status
-                attempts.append(a)
+            if (refused := await self._admit(st, call, req, a, attempts)) is not None:
+                refusal = refusal or refused
                 continue
             t0 = time.perf_counter()
-            try:
-                # Adapters enforce finer timeouts themselves; this bounds in-process ones (mock, llamacpp) too.
-                async with asyncio.timeout(st.backend.config.timeouts.total_s):
-                    resp = await st.backend.complete(req)
-            except TimeoutError:
-                a.duration_s = time.perf_counter() - t0
-                a.error = f"timed out after {st.backend.config.timeouts.total_s:g}s (total)"
-                attempts.append(a)
-                await self._finish(st, call, a)
-                st.record_failure(a.error)
-                continue
-            except BackendError as e:
-                a.duration_s = time.perf_counter() - t0
-                a.error, a.status = e.message, e.status
-                attempts.append(a)
-                await self._finish(st, call, a)
-                if not e.retryable:
-                    raise ClientError(e, attempts) from None
-                if e.marks_unhealthy:
-                    st.record_failure(e.message)
-                continue
-            except asyncio.CancelledError:
-                await self._abandon(st, call, a, attempts, t0)
-                raise
-            except Exception as e:  # an adapter bug: count it against that backend and move on
-                log.exception("backend %s raised unexpectedly", st.name)
-                await self._abandon(st, call, a, attempts, t0, f"adapter error: {e!r}")
+            resp = await self._attempt(
+                st,
+                call,
+                a,
+                attempts,
+                functools.partial(st.backend.complete, req),
+                st.backend.config.timeouts.total_s,
+                "the answer",
+            )
+            if resp is None:
                 continue
             a.duration_s = time.perf_counter() - t0
             a.ok, a.status, a.usage = True, 200, resp.usage
@@ -275,52 +307,22 @@ class BackendManager:
         for st in plan:
             req = self._request(st, call)
             a = Attempt(st.name, req.body["model"], streamed=True)
-            try:
-                await call.hooks.before_attempt(st, req)
-            except GatewayError as e:
-                refusal = refusal or e
-                a.error, a.status = e.message, e.status
-                attempts.append(a)
+            if (refused := await self._admit(st, call, req, a, attempts)) is not None:
+                refusal = refusal or refused
                 continue
             t0 = time.perf_counter()
             it = st.backend.stream_batches(req).__aiter__()
-            try:
-                async with asyncio.timeout(st.backend.config.timeouts.first_byte_s):
-                    first = await it.__anext__()
-            except TimeoutError:
-                await _aclose(it)
-                a.duration_s = time.perf_counter() - t0
-                a.error = f"timed out waiting for the first chunk after {st.backend.config.timeouts.first_byte_s:g}s"
-                attempts.append(a)
-                await self._finish(st, call, a)
-                st.record_failure(a.error)
-                continue
-            except StopAsyncIteration:
-                e2: BackendError = BackendStreamError("stream ended before its first chunk")
-                await _aclose(it)
-                a.duration_s, a.error = time.perf_counter() - t0, e2.message
-                attempts.append(a)
-                await self._finish(st, call, a)
-                st.record_failure(e2.message)
-                continue
-            except BackendError as e:
-                await _aclose(it)
-                a.duration_s, a.error, a.status = time.perf_counter() - t0, e.message, e.status
-                attempts.append(a)
-                await self._finish(st, call, a)
-                if not e.retryable:
-                    raise ClientError(e, attempts) from None
-                if e.marks_unhealthy:
-                    st.record_failure(e.message)
-                continue
-            except asyncio.CancelledError:
-                await asyncio.shield(_aclose(it))
-                await self._abandon(st, call, a, attempts, t0)
-                raise
-            except Exception as e:  # an adapter bug: count it against that backend and move on
-                log.exception("backend %s raised unexpectedly", st.name)
-                await _aclose(it)
-                await self._abandon(st, call, a, attempts, t0, f"adapter error: {e!r}")
+            first = await self._attempt(
+                st,
+                call,
+                a,
+                attempts,
+                it.__anext__,
+                st.backend.config.timeouts.first_byte_s,
+                "the first chunk",
+                cleanup=lambda it=it: _aclose(it),
+            )
+            if first is None:
                 continue
             attempts.append(a)
             return Stream(self, st, call, a, attempts, it, first, t0)
