@@ -75,14 +75,31 @@ class OpenAIBackend(Backend):
             raise RuntimeError(f"backend {self.name} used before start()")
         return self._session
 
-    async def _open(self, req: BackendRequest, body: bytes, deadline: float) -> aiohttp.ClientResponse:
-        """Send the request and wait for the response head, mapping every failure to a BackendError."""
+    def _deadlines(self) -> tuple[float, float]:
+        """(first byte by, total deadline) in the loop's clock, from now."""
+        t = self.config.timeouts
+        now = _now()
+        return min(now + t.first_byte_s, now + t.total_s), now + t.total_s
+
+    def _head_timeout(self, head_by: float, deadline: float) -> BackendTimeoutError:
+        t = self.config.timeouts
+        which = "total" if head_by == deadline else "first byte"
+        limit = t.total_s if which == "total" else t.first_byte_s
+        return BackendTimeoutError(f"timed out waiting for the {which} after {limit:g}s")
+
+    async def _open(
+        self, req: BackendRequest, body: bytes, deadline: float, timer: asyncio.Timeout
+    ) -> aiohttp.ClientResponse:
+        """Send the request and wait for the response head, mapping every failure to a BackendError.
+
+        The caller's `timer` bounds the wait for the head (first byte); once the head is in, it is moved to
+        the total deadline. One timer per call, not one per phase: each costs several microseconds. When
+        it fires, asyncio raises TimeoutError where the caller leaves `async with`, so the caller maps it.
+        """
         t = self.config.timeouts
         url = self.base_url + _PATHS[req.endpoint]
-        first_byte_by = min(deadline, _now() + t.first_byte_s)
         try:
-            async with asyncio.timeout_at(first_byte_by):
-                resp = await self.session.post(url, data=body, headers=self._headers)
+            resp = await self.session.post(url, data=body, headers=self._headers)
         # aiohttp's timeouts subclass TimeoutError: catch them first to say which one it was.
         except aiohttp.ConnectionTimeoutError:
             raise BackendTimeoutError(f"connect timed out after {t.connect_s:g}s") from None
@@ -90,15 +107,12 @@ class OpenAIBackend(Backend):
             raise BackendTimeoutError(
                 f"timed out waiting for the first byte after {t.first_byte_s:g}s"
             ) from None
-        except TimeoutError:
-            which = "total" if first_byte_by == deadline else "first byte"
-            limit = t.total_s if which == "total" else t.first_byte_s
-            raise BackendTimeoutError(f"timed out waiting for the {which} after {limit:g}s") from None
         except aiohttp.ClientConnectorError as e:
             raise BackendConnectError(f"cannot connect to {self.base_url}: {e.os_error or e}") from None
         except (aiohttp.ClientError, OSError) as e:
             raise BackendConnectError(f"request to {self.base_url} failed: {e!r}") from None
         if resp.status >= 400:
+            timer.reschedule(None)  # the error's body gets its own deadline, below
             try:
                 async with asyncio.timeout_at(deadline):
                     text = await resp.text()
@@ -113,26 +127,31 @@ class OpenAIBackend(Backend):
             raise BackendHTTPError(
                 _error_message(resp.status, payload, text), status=resp.status, body=payload
             )
+        timer.reschedule(deadline)
         return resp
 
     async def complete(self, req: BackendRequest) -> BackendResponse:
-        deadline = _now() + self.config.timeouts.total_s
-        resp = await self._open(req, orjson.dumps(req.body), deadline)
+        head_by, deadline = self._deadlines()
+        resp: aiohttp.ClientResponse | None = None
         try:
-            async with asyncio.timeout_at(deadline):
+            async with asyncio.timeout_at(head_by) as timer:
+                resp = await self._open(req, orjson.dumps(req.body), deadline, timer)
                 raw = await resp.read()
         except aiohttp.ServerTimeoutError:
             raise BackendTimeoutError(
                 f"response stalled: no data for {self.config.timeouts.first_byte_s:g}s"
             ) from None
         except TimeoutError:
+            if resp is None:
+                raise self._head_timeout(head_by, deadline) from None
             raise BackendTimeoutError(
                 f"timed out reading the response after {self.config.timeouts.total_s:g}s"
             ) from None
         except (aiohttp.ClientError, OSError) as e:
             raise BackendConnectError(f"connection lost while reading the response: {e!r}") from None
         finally:
-            resp.release()
+            if resp is not None:
+                resp.release()
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -149,15 +168,16 @@ class OpenAIBackend(Backend):
 
     async def stream_batches(self, req: BackendRequest) -> AsyncIterator[list[dict[str, Any]]]:
         """One group per network read: the events a server writes back to back cost the client one write."""
-        deadline = _now() + self.config.timeouts.total_s
+        head_by, deadline = self._deadlines()
         body = dict(req.body)
         # Always ask for usage so the call can be costed; the router strips it if the client did not ask.
         body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-        resp = await self._open(req, orjson.dumps(body), deadline)
+        resp: aiohttp.ClientResponse | None = None
         done = False
         partial = b""  # a line cut in two by the network, completed by the next read
         try:
-            async with asyncio.timeout_at(deadline):
+            async with asyncio.timeout_at(head_by) as timer:
+                resp = await self._open(req, orjson.dumps(body), deadline, timer)
                 while not done:
                     data = await resp.content.readany()
                     lines = (partial + data).split(b"\n")
@@ -174,13 +194,16 @@ class OpenAIBackend(Backend):
                 f"stream stalled: no data for {self.config.timeouts.first_byte_s:g}s"
             ) from None
         except TimeoutError:
+            if resp is None:
+                raise self._head_timeout(head_by, deadline) from None
             raise BackendTimeoutError(
                 f"stream exceeded the total timeout of {self.config.timeouts.total_s:g}s"
             ) from None
         except (aiohttp.ClientError, OSError) as e:
             raise BackendStreamError(f"connection dropped mid-stream: {e!r}") from None
         finally:
-            resp.release() if done else resp.close()
+            if resp is not None:
+                resp.release() if done else resp.close()
         if not done:
             raise BackendStreamError("stream ended without [DONE] (connection closed early)")
 
