@@ -105,6 +105,17 @@ class Server:
         return ""
 
 
+def _environ(changes: dict[str, str | None] | None) -> dict[str, str]:
+    """This process's environment with `changes` applied (None removes a variable)."""
+    env = dict(os.environ)
+    for k, v in (changes or {}).items():
+        if v is None:
+            env.pop(k, None)
+        else:
+            env[k] = v
+    return env
+
+
 class Servers:
     """Starts servers and stops every one of them on exit, Ctrl-C and SIGTERM included."""
 
@@ -119,7 +130,7 @@ class Servers:
         port: int,
         health: str,
         *,
-        env: dict[str, str] | None = None,
+        env: dict[str, str | None] | None = None,
         timeout: float = 60.0,
     ) -> Server:
         log = self.workdir / f"{name}.log"
@@ -130,7 +141,7 @@ class Servers:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 cwd=self.workdir,
-                env={**os.environ, **(env or {})},
+                env=_environ(env),
                 preexec_fn=_die_with_parent,
             )
         srv = Server(name, popen, port, log)
@@ -439,11 +450,11 @@ def start_litellm(servers: Servers, exe: Path, upstream: Server, workdir: Path, 
     path = workdir / "litellm.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     port = free_port()
-    env = {
+    env: dict[str, str | None] = {
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",
         "LITELLM_LOG": "ERROR",
-        "DATABASE_URL": "",
-        "PYTHONPATH": "",
+        "DATABASE_URL": None,  # no database: an empty value is refused as a URL
+        "PYTHONPATH": None,
     }
     cmd = [
         str(exe),
