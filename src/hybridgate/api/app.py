@@ -60,8 +60,6 @@ class Gateway:
         self.auth = Authenticator(master_key, self.keys)
         self.metrics = Metrics(lambda: [s.snapshot() for s in self.manager.states.values()])
         self.ledger = Ledger(self.store, self.metrics.registry)
-        # Set by later layers (budgets, ledger): principal, request context -> per-call hooks.
-        self.hooks_for: Callable[[Principal, dict[str, Any]], CallHooks] | None = None
         self.started_at = time.time()
         self._tasks: list[asyncio.Task[None]] = []
         self._limit = config.server.max_body_bytes
@@ -83,7 +81,8 @@ class Gateway:
         self.mounts: dict[str, Handler] = {
             admin.PREFIX: admin.AdminAPI(self.auth, KeyStore(self.store), self.keys, self.manager.models),
         }
-        self.hooks_for = self.ledger.hooks_for
+        # Per call: budgets, rpm limits and a ledger row around every attempt.
+        self.hooks_for: Callable[[Principal, dict[str, Any]], CallHooks] = self.ledger.hooks_for
         watcher = KeyWatcher(KeyStore(self.store), self.keys)
         self.extra_startup += [self.store.open, watcher.start, self.ledger.start]
         self.extra_shutdown += [self.ledger.stop, watcher.stop, self.store.close]

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from hybridgate._asgi import SSE_DONE, SSE_HEADERS, Receive, Scope, Send, header, send_bytes, sse
 from hybridgate.backends import BackendError
 from hybridgate.protocol import Endpoint, PermissionDeniedError, parse_request
-from hybridgate.router import NO_HOOKS, Attempt, Call, Result, Stream
+from hybridgate.router import Attempt, Call, Result, Stream
 
 if TYPE_CHECKING:
     from hybridgate.api.app import Gateway
@@ -56,7 +56,7 @@ async def handle(
         max_tokens=req.limit(),
         forced=header(scope, b"x-hybridgate-backend"),
         preferred=header(scope, b"x-hybridgate-prefer"),
-        hooks=gw.hooks_for(principal, ctx) if gw.hooks_for else NO_HOOKS,
+        hooks=gw.hooks_for(principal, ctx),
     )
     ctx["model"] = req.model
     if req.stream:
