@@ -38,6 +38,7 @@ test-fast: install-dev
 lint: install-dev
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy src/hybridgate
 
 format: install-dev
 	$(BIN)/ruff format src tests benchmarks

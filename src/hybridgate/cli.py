@@ -79,8 +79,8 @@ def load_or_exit(path: Path | None) -> Config:
         raise fail(str(e)) from None
 
 
-def _uvicorn_kwargs() -> dict[str, object]:
-    kw: dict[str, object] = {"log_level": "warning", "access_log": False, "timeout_graceful_shutdown": 10}
+def _uvicorn_kwargs() -> dict[str, Any]:
+    kw: dict[str, Any] = {"log_level": "warning", "access_log": False, "timeout_graceful_shutdown": 10}
     try:
         import uvloop  # noqa: F401
 
@@ -137,7 +137,7 @@ def serve(
         err=True,
     )
     if n == 1:
-        uvicorn.run(gw, host=h, port=p, **_uvicorn_kwargs())  # type: ignore[arg-type]
+        uvicorn.run(gw, host=h, port=p, **_uvicorn_kwargs())
     else:
         # Each worker builds its own Gateway from the same file, via the import-string factory, and
         # sets up its own logging (a worker is a fresh interpreter).
@@ -146,7 +146,7 @@ def serve(
         os.environ["HYBRIDGATE_LOG_LEVEL"] = log_level
         uvicorn.run(
             "hybridgate.api.app:app_factory", factory=True, host=h, port=p, workers=n, **_uvicorn_kwargs()
-        )  # type: ignore[arg-type]
+        )
 
 
 @app.command("mock-server")
@@ -202,7 +202,7 @@ def mock_server(
     typer.secho(
         f"hybridgate mock-server: http://{host}:{port}/v1 (models: {', '.join(server.models)})", err=True
     )
-    uvicorn.run(server, host=host, port=port, **_uvicorn_kwargs())  # type: ignore[arg-type]
+    uvicorn.run(server, host=host, port=port, **_uvicorn_kwargs())
 
 
 # --- keys, usage, db: each acts on the database its --config names, the one `serve` uses -----------------

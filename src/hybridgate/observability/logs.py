@@ -35,7 +35,7 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out).decode()
 
 
-class JsonLinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class JsonLinesHandler(logging.StreamHandler):  # type: ignore[type-arg,unused-ignore]
     """JSON lines on a stream. Request lines skip the LogRecord machinery and are written in batches.
 
     A request line is written at most FLUSH_S after it was logged, or at once when any other record is

@@ -320,7 +320,7 @@ class BackendManager:
                 it.__anext__,
                 st.backend.config.timeouts.first_byte_s,
                 "the first chunk",
-                cleanup=lambda it=it: _aclose(it),
+                cleanup=functools.partial(_aclose, it),
             )
             if first is None:
                 continue
