@@ -23,7 +23,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,7 +105,7 @@ class Server:
         return ""
 
 
-def _environ(changes: dict[str, str | None] | None) -> dict[str, str]:
+def _environ(changes: Mapping[str, str | None] | None) -> dict[str, str]:
     """This process's environment with `changes` applied (None removes a variable)."""
     env = dict(os.environ)
     for k, v in (changes or {}).items():
@@ -130,7 +130,7 @@ class Servers:
         port: int,
         health: str,
         *,
-        env: dict[str, str | None] | None = None,
+        env: Mapping[str, str | None] | None = None,
         timeout: float = 60.0,
     ) -> Server:
         log = self.workdir / f"{name}.log"
@@ -147,7 +147,7 @@ class Servers:
         srv = Server(name, popen, port, log)
         self.running.append(srv)
         try:
-            wait_healthy(f"http://127.0.0.1:{port}{health}", timeout, popen)  # type: ignore[arg-type]
+            wait_healthy(f"http://127.0.0.1:{port}{health}", timeout, popen)
         except (TimeoutError, RuntimeError) as e:
             raise RuntimeError(
                 f"{name} did not start ({' '.join(cmd)}): {e}\n--- log ---\n{srv.tail()}"
