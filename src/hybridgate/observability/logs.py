@@ -72,12 +72,10 @@ class JsonLinesHandler(logging.StreamHandler):  # type: ignore[type-arg,unused-i
             self._timer = None
         if not self._pending:
             return
-        text = "".join(self._pending)
-        self._pending.clear()
-        self._pending_chars = 0
         with self.lock:  # type: ignore[union-attr]
+            pending, self._pending, self._pending_chars = self._pending, [], 0
             try:
-                self.stream.write(text)
+                self.stream.write("".join(pending))
                 self.stream.flush()
             except (OSError, ValueError):  # a closed or broken stderr must not break a request
                 pass
