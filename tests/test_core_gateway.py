@@ -471,3 +471,11 @@ def test_stream_that_stalls_mid_way_ends_with_an_error_not_a_hang(procs: dict[st
         events = [line for line in r.iter_lines() if line.startswith("data: ")]
     assert time.monotonic() - t0 < 5  # first_byte_s (2 s) bounds the stall, not total_s
     assert events[-1] == "data: [DONE]" and "stalled" in events[-2]
+
+
+def test_unknown_model_names_do_not_create_metric_series(procs: dict[str, Proc]) -> None:
+    for i in range(3):
+        httpx.post(procs["gw"].base_url + "/chat/completions", json={"model": f"made-up-{i}", "messages": MSG})
+    text = httpx.get(procs["gw"].url + "/metrics").text
+    assert "made-up-" not in text
+    assert 'hybridgate_requests_total{model="(unknown)",status="404"}' in text

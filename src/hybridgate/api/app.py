@@ -192,8 +192,10 @@ class Gateway:
         attempts = ctx.get("attempts") or ()
         m = self.metrics
         model = ctx.get("model", "")
+        # A client's made-up names go in the log line, but must not create metric series without bound.
+        label = model if model in self.manager.by_model else "(unknown)"
         if model:
-            m.labels(m.requests, model, str(ctx["status"])).inc()
+            m.labels(m.requests, label, str(ctx["status"])).inc()
         tried = [a for a in attempts if a.duration_s or a.ok]
         for a in tried:
             m.labels(m.attempts, a.backend, "ok" if a.ok else "error").inc()
@@ -206,7 +208,7 @@ class Gateway:
             if a.usage.completion_tokens:
                 m.labels(m.tokens, a.backend, "output").inc(a.usage.completion_tokens)
         if len(tried) > 1 and ctx["status"] < 400:
-            m.labels(m.fallbacks, model).inc()
+            m.labels(m.fallbacks, label).inc()
         if self.config.server.log_requests:
             p = ctx.get("principal")
             log_request(
