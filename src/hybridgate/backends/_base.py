@@ -76,6 +76,10 @@ class BackendHTTPError(BackendError):
 class Backend(ABC):
     """One place a model runs. Created from config; started and closed by the app's lifespan."""
 
+    # True when the adapter enforces `timeouts` itself (on its sockets); otherwise the router bounds each
+    # attempt with an asyncio timer, which costs a few microseconds a call.
+    enforces_timeouts = False
+
     def __init__(self, config: BackendConfig) -> None:
         self.config = config
         self.name = config.name

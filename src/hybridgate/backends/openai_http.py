@@ -42,6 +42,8 @@ def _error_message(status: int, payload: Any, text: str) -> str:
 
 
 class OpenAIBackend(Backend):
+    enforces_timeouts = True
+
     def __init__(self, config: BackendConfig) -> None:
         super().__init__(config)
         assert config.base_url
@@ -59,7 +61,9 @@ class OpenAIBackend(Backend):
             connector=connector,
             # sock_read bounds every gap between bytes, so a stream that stalls mid-way fails instead of
             # holding the client until total_s.
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=t.connect_s, sock_read=t.first_byte_s),
+            timeout=aiohttp.ClientTimeout(
+                total=t.total_s, sock_connect=t.connect_s, sock_read=t.first_byte_s
+            ),
             auto_decompress=True,
             skip_auto_headers=("User-Agent",),
         )
@@ -75,47 +79,36 @@ class OpenAIBackend(Backend):
             raise RuntimeError(f"backend {self.name} used before start()")
         return self._session
 
-    def _deadlines(self) -> tuple[float, float]:
-        """(first byte by, total deadline) in the loop's clock, from now."""
-        t = self.config.timeouts
-        now = _now()
-        return min(now + t.first_byte_s, now + t.total_s), now + t.total_s
-
-    def _head_timeout(self, head_by: float, deadline: float) -> BackendTimeoutError:
-        t = self.config.timeouts
-        which = "total" if head_by == deadline else "first byte"
-        limit = t.total_s if which == "total" else t.first_byte_s
-        return BackendTimeoutError(f"timed out waiting for the {which} after {limit:g}s")
-
-    async def _open(
-        self, req: BackendRequest, body: bytes, deadline: float, timer: asyncio.Timeout
-    ) -> aiohttp.ClientResponse:
+    async def _open(self, req: BackendRequest, body: bytes) -> aiohttp.ClientResponse:
         """Send the request and wait for the response head, mapping every failure to a BackendError.
 
-        The caller's `timer` bounds the wait for the head (first byte); once the head is in, it is moved to
-        the total deadline. One timer per call, not one per phase: each costs several microseconds. When
-        it fires, asyncio raises TimeoutError where the caller leaves `async with`, so the caller maps it.
+        Every deadline is aiohttp's own (`ClientTimeout` on the session: connect, gap between bytes, which
+        bounds the first byte and any stall, and total, which covers reading the body too): no asyncio timer
+        per call, as each one costs several microseconds on the hot path.
         """
         t = self.config.timeouts
-        url = self.base_url + _PATHS[req.endpoint]
         try:
-            resp = await self.session.post(url, data=body, headers=self._headers)
-        # aiohttp's timeouts subclass TimeoutError: catch them first to say which one it was.
+            resp = await self.session.post(
+                self.base_url + _PATHS[req.endpoint], data=body, headers=self._headers
+            )
+        # aiohttp's timeouts subclass TimeoutError: the specific ones first, to say which it was.
         except aiohttp.ConnectionTimeoutError:
             raise BackendTimeoutError(f"connect timed out after {t.connect_s:g}s") from None
         except aiohttp.ServerTimeoutError:
             raise BackendTimeoutError(
                 f"timed out waiting for the first byte after {t.first_byte_s:g}s"
             ) from None
+        except TimeoutError:
+            raise BackendTimeoutError(
+                f"timed out waiting for the first byte after {t.total_s:g}s (total)"
+            ) from None
         except aiohttp.ClientConnectorError as e:
             raise BackendConnectError(f"cannot connect to {self.base_url}: {e.os_error or e}") from None
         except (aiohttp.ClientError, OSError) as e:
             raise BackendConnectError(f"request to {self.base_url} failed: {e!r}") from None
         if resp.status >= 400:
-            timer.reschedule(None)  # the error's body gets its own deadline, below
             try:
-                async with asyncio.timeout_at(deadline):
-                    text = await resp.text()
+                text = await resp.text()
             except (TimeoutError, aiohttp.ClientError):
                 text = ""
             finally:
@@ -127,31 +120,21 @@ class OpenAIBackend(Backend):
             raise BackendHTTPError(
                 _error_message(resp.status, payload, text), status=resp.status, body=payload
             )
-        timer.reschedule(deadline)
         return resp
 
     async def complete(self, req: BackendRequest) -> BackendResponse:
-        head_by, deadline = self._deadlines()
-        resp: aiohttp.ClientResponse | None = None
+        t = self.config.timeouts
+        resp = await self._open(req, orjson.dumps(req.body))
         try:
-            async with asyncio.timeout_at(head_by) as timer:
-                resp = await self._open(req, orjson.dumps(req.body), deadline, timer)
-                raw = await resp.read()
+            raw = await resp.read()
         except aiohttp.ServerTimeoutError:
-            raise BackendTimeoutError(
-                f"response stalled: no data for {self.config.timeouts.first_byte_s:g}s"
-            ) from None
+            raise BackendTimeoutError(f"response stalled: no data for {t.first_byte_s:g}s") from None
         except TimeoutError:
-            if resp is None:
-                raise self._head_timeout(head_by, deadline) from None
-            raise BackendTimeoutError(
-                f"timed out reading the response after {self.config.timeouts.total_s:g}s"
-            ) from None
+            raise BackendTimeoutError(f"timed out reading the response after {t.total_s:g}s") from None
         except (aiohttp.ClientError, OSError) as e:
             raise BackendConnectError(f"connection lost while reading the response: {e!r}") from None
         finally:
-            if resp is not None:
-                resp.release()
+            resp.release()
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -168,42 +151,33 @@ class OpenAIBackend(Backend):
 
     async def stream_batches(self, req: BackendRequest) -> AsyncIterator[list[dict[str, Any]]]:
         """One group per network read: the events a server writes back to back cost the client one write."""
-        head_by, deadline = self._deadlines()
+        t = self.config.timeouts
         body = dict(req.body)
         # Always ask for usage so the call can be costed; the router strips it if the client did not ask.
         body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-        resp: aiohttp.ClientResponse | None = None
+        resp = await self._open(req, orjson.dumps(body))
         done = False
         partial = b""  # a line cut in two by the network, completed by the next read
         try:
-            async with asyncio.timeout_at(head_by) as timer:
-                resp = await self._open(req, orjson.dumps(body), deadline, timer)
-                while not done:
-                    data = await resp.content.readany()
-                    lines = (partial + data).split(b"\n")
-                    partial = lines.pop() if data else b""
-                    batch, done, error = _events(lines)
-                    if batch:
-                        yield batch
-                    if error is not None:
-                        raise error
-                    if not data:
-                        break
+            while not done:
+                data = await resp.content.readany()
+                lines = (partial + data).split(b"\n")
+                partial = lines.pop() if data else b""
+                batch, done, error = _events(lines)
+                if batch:
+                    yield batch
+                if error is not None:
+                    raise error
+                if not data:
+                    break
         except aiohttp.ServerTimeoutError:
-            raise BackendTimeoutError(
-                f"stream stalled: no data for {self.config.timeouts.first_byte_s:g}s"
-            ) from None
+            raise BackendTimeoutError(f"stream stalled: no data for {t.first_byte_s:g}s") from None
         except TimeoutError:
-            if resp is None:
-                raise self._head_timeout(head_by, deadline) from None
-            raise BackendTimeoutError(
-                f"stream exceeded the total timeout of {self.config.timeouts.total_s:g}s"
-            ) from None
+            raise BackendTimeoutError(f"stream exceeded the total timeout of {t.total_s:g}s") from None
         except (aiohttp.ClientError, OSError) as e:
             raise BackendStreamError(f"connection dropped mid-stream: {e!r}") from None
         finally:
-            if resp is not None:
-                resp.release() if done else resp.close()
+            resp.release() if done else resp.close()
         if not done:
             raise BackendStreamError("stream ended without [DONE] (connection closed early)")
 
@@ -244,8 +218,3 @@ def _events(lines: list[bytes]) -> tuple[list[dict[str, Any]], bool, BackendStre
             return out, False, BackendStreamError(f"backend sent an error mid-stream: {msg}")
         out.append(chunk)
     return out, False, None
-
-
-def _now() -> float:
-    """Deadlines are in the running loop's clock, which asyncio.timeout_at expects (uvloop's differs)."""
-    return asyncio.get_running_loop().time()

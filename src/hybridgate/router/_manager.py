@@ -228,7 +228,9 @@ class BackendManager:
         """
         t0 = time.perf_counter()
         try:
-            # Adapters enforce finer timeouts themselves; this bounds in-process ones (mock, llamacpp) too.
+            if st.backend.enforces_timeouts:
+                return await op()
+            # In-process adapters (mock, llamacpp) have no sockets to time out: bound them here.
             async with asyncio.timeout(limit_s):
                 return await op()
         except TimeoutError:
