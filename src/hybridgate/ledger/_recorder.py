@@ -8,19 +8,40 @@ the process) loses what was not yet written: at most about the last second of ro
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sqlalchemy import insert, update
+from sqlalchemy import update
 
 from hybridgate.store import Store, api_keys, ledger
 
 log = logging.getLogger("hybridgate.ledger")
 
 Row = dict[str, Any]
+
+
+_COLUMNS = tuple(c.name for c in ledger.columns if c.name != "id")
+
+
+@functools.cache
+def _insert_sql(paramstyle: str) -> str:
+    """INSERT for every ledger column in the driver's own placeholder style (qmark, numeric_dollar, ...)."""
+    n = len(_COLUMNS)
+    if paramstyle == "qmark":
+        marks = ["?"] * n
+    elif paramstyle == "numeric_dollar":
+        marks = [f"${i}" for i in range(1, n + 1)]
+    elif paramstyle == "numeric":
+        marks = [f":{i}" for i in range(1, n + 1)]
+    elif paramstyle in ("format", "pyformat"):
+        marks = ["%s"] * n
+    else:
+        raise RuntimeError(f"ledger: unsupported DB-API paramstyle {paramstyle!r}")
+    return f"INSERT INTO {ledger.name} ({', '.join(_COLUMNS)}) VALUES ({', '.join(marks)})"
 
 
 class LedgerRecorder:
@@ -99,7 +120,11 @@ class LedgerRecorder:
                     spend[r["key_id"]] += r["cost_usd"]
             try:
                 async with self.store.engine.begin() as conn:
-                    await conn.execute(insert(ledger), batch)
+                    # Plain tuples through the driver's executemany: SQLAlchemy's per-row parameter
+                    # processing cost about as much as the insert itself (measured: 25 -> 12 ms a 1,000 rows).
+                    await conn.exec_driver_sql(
+                        _insert_sql(conn.dialect.paramstyle), [tuple(r[c] for c in _COLUMNS) for r in batch]
+                    )
                     for key_id, amount in spend.items():
                         await conn.execute(
                             update(api_keys)
