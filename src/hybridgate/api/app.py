@@ -196,7 +196,7 @@ class Gateway:
         label = model if model in self.manager.by_model else "(unknown)"
         if model:
             m.labels(m.requests, label, str(ctx["status"])).inc()
-        tried = [a for a in attempts if a.duration_s or a.ok]
+        tried = [a for a in attempts if a.reached_backend]
         for a in tried:
             m.labels(m.attempts, a.backend, "ok" if a.ok else "error").inc()
             if a.ok:

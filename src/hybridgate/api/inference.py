@@ -6,8 +6,9 @@ import asyncio
 import itertools
 import logging
 import os
-import time
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from hybridgate._asgi import SSE_DONE, SSE_HEADERS, Receive, Scope, Send, header, send_bytes, sse
 from hybridgate.backends import BackendError
@@ -25,7 +26,7 @@ def _headers(
 ) -> list[tuple[bytes, bytes]]:
     h = [
         (b"x-request-id", request_id.encode()),
-        (b"x-hybridgate-attempts", str(sum(1 for a in attempts if a.duration_s or a.ok)).encode()),
+        (b"x-hybridgate-attempts", str(sum(1 for a in attempts if a.reached_backend)).encode()),
     ]
     if backend is not None:
         h.append((b"x-hybridgate-backend", backend.encode()))
@@ -73,8 +74,6 @@ async def handle(
 
 
 async def _answer(gw: Gateway, result: Result, send: Send, ctx: dict[str, Any]) -> None:
-    import orjson
-
     cost = result.cost_usd
     hdrs = [
         (b"content-type", b"application/json"),
@@ -169,7 +168,6 @@ async def _stream(
         watcher.cancel()
     await stream.settle(error)
     cost = sum(a.cost_usd for a in stream.attempts)
-    ctx["cost"] = cost
     # Headers are long gone; the cost travels as an SSE comment, which clients ignore.
     tail = f": x-hybridgate-cost-usd={cost:.8f}\n\n".encode() + SSE_DONE
     await send({"type": "http.response.body", "body": tail, "more_body": False})
@@ -182,7 +180,3 @@ _ids = itertools.count(1)
 def request_id(scope: Scope) -> str:
     """The client's X-Request-Id, or a process-unique one (no syscall per request, unlike os.urandom)."""
     return header(scope, b"x-request-id") or f"{_ID_PREFIX}{next(_ids):08x}"
-
-
-def now() -> float:
-    return time.perf_counter()

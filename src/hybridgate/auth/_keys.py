@@ -193,7 +193,6 @@ class KeyCache:
 
     ttl_s: float = 2.0
     by_hash: dict[str, KeyRecord] = field(default_factory=dict)
-    loaded_at: float | None = None
 
     @property
     def any_keys(self) -> bool:
@@ -202,7 +201,6 @@ class KeyCache:
 
     def replace(self, records: Iterable[KeyRecord]) -> None:
         self.by_hash = {r.key_hash: r for r in records}
-        self.loaded_at = time.monotonic()
 
     def put(self, record: KeyRecord) -> None:
         self.by_hash = {**self.by_hash, record.key_hash: record}

@@ -24,7 +24,6 @@ class BackendState:
     last_check: float | None = None  # wall-clock time of the last active check
     last_latency_ms: float | None = None
     open_until: float = 0.0  # monotonic time before which an unhealthy backend is not tried
-    trips: int = 0
     _clock: Any = field(default=time.monotonic, repr=False)
 
     @property
@@ -57,7 +56,6 @@ class BackendState:
         self.last_error = error
         if self.consecutive_failures >= cfg.failures_to_trip:
             if self.healthy:
-                self.trips += 1
                 log.warning(
                     "backend %s marked unhealthy after %d consecutive failures: %s",
                     self.name,

@@ -18,6 +18,7 @@ from hybridgate.protocol import (
     ModelNotFoundError,
     UpstreamUnavailableError,
     Usage,
+    prompt_text,
 )
 from hybridgate.router._health import BackendState
 
@@ -38,6 +39,11 @@ class Attempt:
     usage: Usage = field(default_factory=Usage)
     cost_usd: float = 0.0
     streamed: bool = False
+
+    @property
+    def reached_backend(self) -> bool:
+        """False for backends skipped (unhealthy, loading) or refused by policy before any call."""
+        return self.ok or self.duration_s > 0
 
 
 class CallHooks(Protocol):
@@ -177,7 +183,7 @@ class BackendManager:
         return BackendRequest(call.endpoint, body, call.model, call.max_tokens)
 
     def _fail(self, call: Call, attempts: list[Attempt], refusal: GatewayError | None = None) -> GatewayError:
-        if refusal is not None and not any(a.duration_s for a in attempts):
+        if refusal is not None and not any(a.reached_backend for a in attempts):
             # Nothing reached a backend because policy refused every one: say why (e.g. over budget).
             return refusal
         lines = "; ".join(f"{a.backend}: {a.error}" for a in attempts) or "no backend serves it"
@@ -426,8 +432,6 @@ class Stream:
 
 
 def _estimated_usage(call: Call, body: dict[str, Any] | None, chars: int | None = None) -> Usage:
-    from hybridgate.protocol import prompt_text
-
     if chars is None:
         chars = 0
         for ch in (body or {}).get("choices") or ():

@@ -6,6 +6,7 @@ Routes follow vLLM and llama.cpp's server: /v1/chat/completions, /v1/completions
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from typing import Any
 
@@ -128,8 +129,6 @@ class MockServer:
             out, gen = eng.respond(endpoint, body, req.model)
             delay = eng.token_delay()
             if delay:
-                import asyncio
-
                 await asyncio.sleep(delay * len(gen.tokens))
             await send_json(send, 200, out)
             return
