@@ -7,12 +7,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import aiohttp
 import orjson
 
+from hybridgate.backends import _http
 from hybridgate.backends._base import (
     Backend,
     BackendConnectError,
+    BackendError,
     BackendHTTPError,
     BackendRequest,
     BackendResponse,
@@ -48,73 +49,83 @@ class OpenAIBackend(Backend):
         super().__init__(config)
         assert config.base_url
         self.base_url = config.base_url
+        self._origin, base_path = _http.Origin.split(config.base_url)
+        self._targets = {ep: base_path.rstrip("/") + p for ep, p in _PATHS.items()}
         self._health_url = health_url(config.base_url, config.health.path)
-        self._headers = {"Content-Type": "application/json"}
+        self._health_origin, self._health_target = _http.Origin.split(self._health_url)
+        # Header lines sent with every call, encoded once. Identity: a compressed stream would be held back
+        # by the compressor, and answers are small.
+        lines = ["Content-Type: application/json", "Accept-Encoding: identity"]
         if config.api_key:
-            self._headers["Authorization"] = f"Bearer {config.api_key}"
-        self._session: aiohttp.ClientSession | None = None
+            lines.append(f"Authorization: Bearer {config.api_key}")
+        self._headers = "".join(f"{h}\r\n" for h in lines).encode("latin-1")
+        t = config.timeouts
+        # `read_s` bounds every gap between bytes, so a stream that stalls mid-way fails instead of holding
+        # the client until total_s.
+        self._timeouts = _http.Timeouts(connect_s=t.connect_s, read_s=t.first_byte_s, total_s=t.total_s)
+        self._client: _http.HTTPClient | None = None
 
     async def start(self) -> None:
-        t = self.config.timeouts
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=300)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            # sock_read bounds every gap between bytes, so a stream that stalls mid-way fails instead of
-            # holding the client until total_s.
-            timeout=aiohttp.ClientTimeout(
-                total=t.total_s, sock_connect=t.connect_s, sock_read=t.first_byte_s
-            ),
-            auto_decompress=True,
-            skip_auto_headers=("User-Agent",),
-        )
+        self._client = _http.HTTPClient(keepalive_s=60.0)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
 
     @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
+    def client(self) -> _http.HTTPClient:
+        if self._client is None:
             raise RuntimeError(f"backend {self.name} used before start()")
-        return self._session
+        return self._client
 
-    async def _open(self, req: BackendRequest, body: bytes) -> aiohttp.ClientResponse:
-        """Send the request and wait for the response head, mapping every failure to a BackendError.
+    def _error(self, e: _http.HTTPClientError, phase: str) -> BackendError:
+        """The client's failure as the BackendError the router acts on, saying where it happened.
 
-        Every deadline is aiohttp's own (`ClientTimeout` on the session: connect, gap between bytes, which
-        bounds the first byte and any stall, and total, which covers reading the body too): no asyncio timer
-        per call, as each one costs several microseconds on the hot path.
+        `phase`: "head" (connecting, sending, waiting for the status line), "body" (reading a whole
+        answer) or "stream" (reading events).
         """
         t = self.config.timeouts
+        if isinstance(e, _http.ConnectTimeout):
+            return BackendTimeoutError(f"connect timed out after {t.connect_s:g}s")
+        if isinstance(e, _http.ConnectError):
+            return BackendConnectError(e.message)
+        if isinstance(e, _http.ReadTimeout):
+            if phase == "head" and e.first_byte:
+                return BackendTimeoutError(f"timed out waiting for the first byte after {t.first_byte_s:g}s")
+            what = "stream stalled" if phase == "stream" else "response stalled"
+            return BackendTimeoutError(f"{what}: no data for {t.first_byte_s:g}s")
+        if isinstance(e, _http.TotalTimeout):
+            if phase == "stream":
+                return BackendTimeoutError(f"stream exceeded the total timeout of {t.total_s:g}s")
+            return BackendTimeoutError(f"no complete answer within the total timeout of {t.total_s:g}s")
+        if phase == "stream":
+            return BackendStreamError(f"connection dropped mid-stream: {e.message}")
+        return BackendConnectError(f"request to {self.base_url} failed: {e.message}")
+
+    async def _open(self, req: BackendRequest, body: bytes) -> _http.Response:
+        """Send the request and wait for the response head, mapping every failure to a BackendError."""
         try:
-            resp = await self.session.post(
-                self.base_url + _PATHS[req.endpoint], data=body, headers=self._headers
+            resp = await self.client.request(
+                self._origin,
+                "POST",
+                self._targets[req.endpoint],
+                self._headers,
+                body,
+                timeouts=self._timeouts,
             )
-        # aiohttp's timeouts subclass TimeoutError: the specific ones first, to say which it was.
-        except aiohttp.ConnectionTimeoutError:
-            raise BackendTimeoutError(f"connect timed out after {t.connect_s:g}s") from None
-        except aiohttp.ServerTimeoutError:
-            raise BackendTimeoutError(
-                f"timed out waiting for the first byte after {t.first_byte_s:g}s"
-            ) from None
-        except TimeoutError:
-            raise BackendTimeoutError(
-                f"timed out waiting for the first byte after {t.total_s:g}s (total)"
-            ) from None
-        except aiohttp.ClientConnectorError as e:
-            raise BackendConnectError(f"cannot connect to {self.base_url}: {e.os_error or e}") from None
-        except (aiohttp.ClientError, OSError) as e:
-            raise BackendConnectError(f"request to {self.base_url} failed: {e!r}") from None
+        except _http.HTTPClientError as e:
+            raise self._error(e, "head") from None
         if resp.status >= 400:
             try:
-                text = await resp.text()
-            except (TimeoutError, aiohttp.ClientError):
-                text = ""
+                raw = await resp.read()
+            except _http.HTTPClientError:
+                raw = b""
             finally:
                 resp.release()
+            text = raw.decode("utf-8", "replace")
             try:
-                payload = orjson.loads(text) if text else None
+                payload = orjson.loads(raw) if raw else None
             except orjson.JSONDecodeError:
                 payload = None
             raise BackendHTTPError(
@@ -123,16 +134,11 @@ class OpenAIBackend(Backend):
         return resp
 
     async def complete(self, req: BackendRequest) -> BackendResponse:
-        t = self.config.timeouts
         resp = await self._open(req, orjson.dumps(req.body))
         try:
             raw = await resp.read()
-        except aiohttp.ServerTimeoutError:
-            raise BackendTimeoutError(f"response stalled: no data for {t.first_byte_s:g}s") from None
-        except TimeoutError:
-            raise BackendTimeoutError(f"timed out reading the response after {t.total_s:g}s") from None
-        except (aiohttp.ClientError, OSError) as e:
-            raise BackendConnectError(f"connection lost while reading the response: {e!r}") from None
+        except _http.HTTPClientError as e:
+            raise self._error(e, "body") from None
         finally:
             resp.release()
         try:
@@ -151,7 +157,6 @@ class OpenAIBackend(Backend):
 
     async def stream_batches(self, req: BackendRequest) -> AsyncIterator[list[dict[str, Any]]]:
         """One group per network read: the events a server writes back to back cost the client one write."""
-        t = self.config.timeouts
         body = dict(req.body)
         # Always ask for usage so the call can be costed; the router strips it if the client did not ask.
         body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
@@ -160,7 +165,7 @@ class OpenAIBackend(Backend):
         partial = b""  # a line cut in two by the network, completed by the next read
         try:
             while not done:
-                data = await resp.content.readany()
+                data = await resp.readany()
                 lines = (partial + data).split(b"\n")
                 partial = lines.pop() if data else b""
                 batch, done, error = _events(lines)
@@ -170,33 +175,38 @@ class OpenAIBackend(Backend):
                     raise error
                 if not data:
                     break
-        except aiohttp.ServerTimeoutError:
-            raise BackendTimeoutError(f"stream stalled: no data for {t.first_byte_s:g}s") from None
-        except TimeoutError:
-            raise BackendTimeoutError(f"stream exceeded the total timeout of {t.total_s:g}s") from None
-        except (aiohttp.ClientError, OSError) as e:
-            raise BackendStreamError(f"connection dropped mid-stream: {e!r}") from None
+        except _http.HTTPClientError as e:
+            raise self._error(e, "stream") from None
         finally:
-            resp.release() if done else resp.close()
+            # Past [DONE] the body has ended: the connection is reused. Otherwise it is closed.
+            resp.release()
         if not done:
             raise BackendStreamError("stream ended without [DONE] (connection closed early)")
 
     async def check_health(self) -> None:
         h = self.config.health
+        t = _http.Timeouts(
+            connect_s=min(h.timeout_s, self._timeouts.connect_s), read_s=h.timeout_s, total_s=h.timeout_s
+        )
         try:
             async with asyncio.timeout(h.timeout_s):
-                async with self.session.get(self._health_url, headers=self._headers) as resp:
-                    if resp.status >= 400:
-                        raise BackendHTTPError(
-                            f"health check {self._health_url} answered HTTP {resp.status}", status=resp.status
-                        )
+                resp = await self.client.request(
+                    self._health_origin, "GET", self._health_target, self._headers, timeouts=t
+                )
+                try:
                     await resp.read()
-        except TimeoutError:
+                finally:
+                    resp.release()
+        except (TimeoutError, _http.ReadTimeout, _http.TotalTimeout, _http.ConnectTimeout):
             raise BackendTimeoutError(
                 f"health check {self._health_url} timed out after {h.timeout_s:g}s"
             ) from None
-        except (aiohttp.ClientError, OSError) as e:
-            raise BackendConnectError(f"health check {self._health_url} failed: {e}") from None
+        except _http.HTTPClientError as e:
+            raise BackendConnectError(f"health check {self._health_url} failed: {e.message}") from None
+        if resp.status >= 400:
+            raise BackendHTTPError(
+                f"health check {self._health_url} answered HTTP {resp.status}", status=resp.status
+            )
 
 
 def _events(lines: list[bytes]) -> tuple[list[dict[str, Any]], bool, BackendStreamError | None]:
