@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from hybridgate._asgi import SSE_DONE, SSE_HEADERS, Receive, Scope, Send, header, send_bytes, sse
-from hybridgate.backends import BackendError
+from hybridgate.backends import BackendError, Batch
 from hybridgate.protocol import Endpoint, PermissionDeniedError, parse_request
 from hybridgate.router import Attempt, Call, Result, Stream
 
@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from hybridgate.api.app import Gateway
 
 log = logging.getLogger("hybridgate.api")
+
+# How long a stream runs before a task starts watching for its client's disconnect (see _stream).
+WATCH_AFTER_S = 0.05
 
 
 def _headers(
@@ -102,9 +105,12 @@ async def _stream(
             "headers": [*SSE_HEADERS, *_headers(stream.backend, stream.attempts, None, ctx["request_id"])],
         }
     )
-    # A client that goes away must free the backend at once, even while we wait for its next token.
+    # A client that goes away must free the backend promptly, even while we wait for its next token. Most
+    # streams through a gateway end within milliseconds, so the task that watches for the disconnect starts
+    # only once this one has lasted WATCH_AFTER_S: a timer costs a short stream far less than a task.
     task = asyncio.current_task()
     gone = asyncio.Event()
+    watcher: asyncio.Task[None] | None = None
 
     async def watch() -> None:
         while (await receive())["type"] != "http.disconnect":
@@ -113,8 +119,13 @@ async def _stream(
         if task is not None:
             task.cancel()
 
-    watcher = asyncio.create_task(watch())
+    def start_watching() -> None:
+        nonlocal watcher
+        watcher = asyncio.create_task(watch())
+
+    timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, start_watching)
     error: BaseException | None = None
+    held = b""  # the last group, when the backend said the stream ended with it: written with the tail
     try:
         # One write per group the backend received: a syscall per event would cost more than the rest.
         async for batch in stream.batches():
@@ -128,7 +139,9 @@ async def _stream(
                     elif not include_usage:
                         del chunk["usage"]
                 out.append(sse(chunk))
-            if out:
+            if isinstance(batch, Batch) and batch.last:
+                held = b"".join(out)
+            elif out:
                 await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
     except Exception as e:
         # A backend failure (or, never expected, a bug of ours) after the first byte: end in shape.
@@ -165,11 +178,13 @@ async def _stream(
         await asyncio.shield(stream.settle(client_gone=True))
         return
     finally:
-        watcher.cancel()
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()
     await stream.settle(error)
     cost = sum(a.cost_usd for a in stream.attempts)
     # Headers are long gone; the cost travels as an SSE comment, which clients ignore.
-    tail = f": x-hybridgate-cost-usd={cost:.8f}\n\n".encode() + SSE_DONE
+    tail = held + f": x-hybridgate-cost-usd={cost:.8f}\n\n".encode() + SSE_DONE
     await send({"type": "http.response.body", "body": tail, "more_body": False})
 
 

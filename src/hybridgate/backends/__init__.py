@@ -10,6 +10,7 @@ from hybridgate.backends._base import (
     BackendStreamError,
     BackendTimeoutError,
     BackendUnavailableError,
+    Batch,
 )
 from hybridgate.config import BackendConfig
 
@@ -41,5 +42,6 @@ __all__ = [
     "BackendStreamError",
     "BackendTimeoutError",
     "BackendUnavailableError",
+    "Batch",
     "build_backend",
 ]

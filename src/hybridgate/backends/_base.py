@@ -31,6 +31,17 @@ class BackendResponse:
     usage: Usage = field(default_factory=Usage)
 
 
+class Batch(list[dict[str, Any]]):
+    """The chunks of one network read. `last` when the stream ended with them ([DONE] in the same read), so
+    the gateway can write them together with the stream's tail: one write to the client instead of two."""
+
+    __slots__ = ("last",)
+
+    def __init__(self, chunks: list[dict[str, Any]], last: bool = False) -> None:
+        super().__init__(chunks)
+        self.last = last
+
+
 class BackendError(Exception):
     """A backend could not serve a request."""
 
@@ -111,7 +122,8 @@ class Backend(ABC):
     async def stream_batches(self, req: BackendRequest) -> AsyncIterator[list[dict[str, Any]]]:
         """The same chunks, grouped as they arrived, so the gateway writes each group to its client at once.
 
-        One chunk per group by default; adapters that receive several at a time (over HTTP) override it.
+        One chunk per group by default; adapters that receive several at a time (over HTTP) override it, and
+        may yield a `Batch` whose `last` says the stream ended with it.
         """
         async for chunk in self.stream(req):
             yield [chunk]

@@ -19,6 +19,7 @@ from hybridgate.backends._base import (
     BackendResponse,
     BackendStreamError,
     BackendTimeoutError,
+    Batch,
 )
 from hybridgate.config import BackendConfig
 from hybridgate.protocol import Usage
@@ -170,7 +171,7 @@ class OpenAIBackend(Backend):
                 partial = lines.pop() if data else b""
                 batch, done, error = _events(lines)
                 if batch:
-                    yield batch
+                    yield Batch(batch, done)
                 if error is not None:
                     raise error
                 if not data:
