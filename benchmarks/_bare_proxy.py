@@ -2,8 +2,9 @@
 
 No auth, no parsing, no routing, no accounting: the request body goes to the upstream as is, and the
 answer (JSON, or SSE passed through chunk by chunk) comes back as is. `--client httpx` swaps in a pooled
-httpx.AsyncClient, to measure the two clients against each other.
-Run: python benchmarks/_bare_proxy.py --port N --upstream http://127.0.0.1:M [--workers N] [--client httpx]
+httpx.AsyncClient, and `--client hybridgate` the gateway's own upstream client
+(hybridgate.backends._http), to measure the clients against each other.
+Run: python benchmarks/_bare_proxy.py --port N --upstream http://127.0.0.1:M [--workers N] [--client K]
 """
 
 from __future__ import annotations
@@ -26,7 +27,13 @@ class BareProxy:
         self._client: Any = None
 
     async def _start(self) -> None:
-        if self.client_kind == "httpx":
+        if self.client_kind == "hybridgate":
+            from hybridgate.backends import _http
+
+            self._client = _http.HTTPClient()
+            self._origin, self._base = _http.Origin.split(self.upstream)
+            self._timeouts = _http.Timeouts(connect_s=30.0, read_s=300.0, total_s=300.0)
+        elif self.client_kind == "httpx":
             import httpx
 
             limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
@@ -71,6 +78,8 @@ class BareProxy:
         headers = {"Content-Type": "application/json"}
         if self.client_kind == "httpx":
             await self._via_httpx(url, body, headers, send)
+        elif self.client_kind == "hybridgate":
+            await self._via_hybridgate(scope["path"], body, send)
         else:
             await self._via_aiohttp(url, body, headers, send)
 
@@ -86,6 +95,25 @@ class BareProxy:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
             else:
                 await send({"type": "http.response.body", "body": await resp.read()})
+
+    async def _via_hybridgate(self, path: str, body: bytes, send: Any) -> None:
+        target = self._base.rstrip("/") + path
+        resp = await self._client.request(
+            self._origin, "POST", target, b"Content-Type: application/json\r\n", body, timeouts=self._timeouts
+        )
+        try:
+            ct = resp.headers.get(b"content-type", b"application/json")
+            await send(
+                {"type": "http.response.start", "status": resp.status, "headers": [(b"content-type", ct)]}
+            )
+            if ct.startswith(b"text/event-stream"):
+                while part := await resp.readany():
+                    await send({"type": "http.response.body", "body": part, "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            else:
+                await send({"type": "http.response.body", "body": await resp.read()})
+        finally:
+            resp.release()
 
     async def _via_httpx(self, url: str, body: bytes, headers: dict[str, str], send: Any) -> None:
         req = self._client.build_request("POST", url, content=body, headers=headers)
@@ -119,7 +147,7 @@ def main() -> None:
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--upstream", required=True)
     ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--client", choices=["aiohttp", "httpx"], default="aiohttp")
+    ap.add_argument("--client", choices=["aiohttp", "httpx", "hybridgate"], default="aiohttp")
     args = ap.parse_args()
     import uvicorn
 

@@ -757,7 +757,10 @@ def main(argv: list[str] | None = None) -> int:
         "--workers", type=int, default=1, help="worker processes of each proxy (default: %(default)s)"
     )
     ap.add_argument(
-        "--bare-client", choices=["aiohttp", "httpx"], default="aiohttp", help="the bare proxy's HTTP client"
+        "--bare-client",
+        choices=["aiohttp", "httpx", "hybridgate"],
+        default="aiohttp",
+        help="the bare proxy's HTTP client (hybridgate: the gateway's own upstream client)",
     )
     ap.add_argument(
         "--hybridgate-server",
