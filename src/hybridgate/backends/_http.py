@@ -25,6 +25,7 @@ import httptools
 _HIGH_WATER = 512 * 1024
 # Idle connections kept per origin; more than this are closed when released.
 _MAX_IDLE = 256
+_IDEMPOTENT = frozenset({"GET", "OPTIONS", "PUT", "DELETE"})
 
 
 class HTTPClientError(Exception):
@@ -111,6 +112,7 @@ class Response:
         "_conn",
         "_decoder",
         "_done",
+        "_draining",
         "_error",
         "_head",
         "_keep_alive",
@@ -136,6 +138,7 @@ class Response:
         self._chunks: list[bytes] = []
         self._buffered = 0
         self._done = False
+        self._draining = False
         self._keep_alive = False
         self._paused = False
         self._error: HTTPClientError | None = None
@@ -171,23 +174,29 @@ class Response:
         self._last = now
         self.got_bytes = True
 
-    def _on_head(self, status: int) -> None:
+    def _on_head(self, status: int) -> bool:
+        """The head is in; False for an interim 1xx response, which is skipped for the final one."""
+        if 100 <= status < 200:
+            self.headers.clear()
+            return False
         self.status = status
         enc = self.headers.get(b"content-encoding", b"identity").strip().lower()
         if enc in (b"gzip", b"x-gzip"):
             self._decoder = zlib.decompressobj(wbits=31)
         elif enc == b"deflate":
-            self._decoder = zlib.decompressobj(
-                wbits=47
-            )  # zlib-wrapped, as HTTP means it (or gzip): told apart by the header
+            # zlib-wrapped, as HTTP means it (or gzip): told apart by the header
+            self._decoder = zlib.decompressobj(wbits=47)
         elif enc not in (b"identity", b""):
             self._fail(InvalidResponse(f"the server sent a body encoded as {enc.decode('latin-1')!r}"))
-            return
+            return True
         head, self._head = self._head, None
         if head is not None and not head.done():
             head.set_result(None)
+        return True
 
     def _on_body(self, data: bytes) -> None:
+        if self._draining:
+            return
         self._chunks.append(data)
         self._buffered += len(data)
         if self._buffered > _HIGH_WATER and not self._paused and self._conn is not None:
@@ -201,13 +210,16 @@ class Response:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._draining:
+            self.release()
+            return
         self._wake()
 
     def _on_lost(self, exc: Exception | None) -> None:
         if self._done or self._error is not None:
             return
         te = self.headers.get(b"transfer-encoding", b"").lower()
-        if self.status and b"content-length" not in self.headers and b"chunked" not in te:
+        if exc is None and self.status and b"content-length" not in self.headers and b"chunked" not in te:
             self._on_complete(False)  # a body delimited by the end of the connection: this is its end
             return
         where = "before the response head" if not self.status else "before the body was complete"
@@ -254,13 +266,19 @@ class Response:
         finally:
             self._waiter = None
 
-    def _take(self) -> bytes:
+    def _take_raw(self) -> bytes:
         data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
         self._chunks.clear()
         self._buffered = 0
         if self._paused and self._conn is not None:
             self._paused = False
             self._conn.resume()
+        return data
+
+    def _take(self) -> bytes:
+        return self._decode(self._take_raw())
+
+    def _decode(self, data: bytes) -> bytes:
         if self._decoder is not None:
             try:
                 data = self._decoder.decompress(data)
@@ -272,11 +290,16 @@ class Response:
 
     async def read(self) -> bytes:
         """The whole body (waits for its end)."""
+        parts: list[bytes] = []
         while not self._done:
             if self._error is not None:
                 raise self._error
+            if self._chunks:  # taken as they come, so a body larger than the read-ahead limit flows
+                parts.append(self._take_raw())
             await self._wait()
-        return self._take()
+        if self._chunks or not parts:
+            parts.append(self._take_raw())
+        return self._decode(parts[0] if len(parts) == 1 else b"".join(parts))
 
     async def readany(self) -> bytes:
         """Whatever arrived since the last call (waits for something); b"" at the end of the body.
@@ -301,10 +324,34 @@ class Response:
             return
         if self._done and self._keep_alive and not self._chunks:
             conn.finished()
-        else:
-            conn.abort()
+            return
+        conn.abort()
+        if not self._done and self._error is None:  # a reader still waiting (another task) must not hang
+            self._error = ConnectionDropped("the response was released before its body was read")
+            self._wake()
 
-    close = release  # a body not read to its end always closes the connection
+    def close(self) -> None:
+        """Done with this response, whatever is left of its body: the connection is closed unless complete."""
+        self.release()
+
+    def release_after_end(self, limit_s: float = 1.0) -> None:
+        """Done with this response although its body has not quite ended (an SSE stream after `[DONE]`,
+        whose last bytes, the chunked terminator, may come in a later write): let it end in the background,
+        for up to `limit_s`, then hand the connection back for reuse; else close it. Anything still to
+        come is discarded."""
+        if self._done or self._error is not None or self._conn is None:
+            self.release()
+            return
+        self._draining = True
+        self._chunks.clear()
+        self._buffered = 0
+        if self._paused:
+            self._paused = False
+            self._conn.resume()
+        self._total_at = min(self._total_at, self._loop.time() + limit_s)
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_at(self._total_at, self._on_timer)
 
 
 class _Conn(asyncio.Protocol):
@@ -319,6 +366,8 @@ class _Conn(asyncio.Protocol):
         self.resp: Response | None = None
         self.closed = False
         self.idle_since = 0.0
+        self._interim = False
+        self._spoiled = False
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -327,37 +376,47 @@ class _Conn(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         r = self.resp
         if r is None or r._done:  # bytes nobody asked for: this connection cannot be trusted any more
-            if r is not None:
-                r._keep_alive = False
-            self.abort()
+            self.spoiled()
             return
         r._on_data(self.loop.time())
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as e:
-            r._fail(InvalidResponse(f"the server's answer is not valid HTTP/1.1: {e}"))
+            if r._done:  # garbage after a complete answer: the answer stands, the connection does not
+                self.spoiled()
+            else:
+                r._fail(InvalidResponse(f"the server's answer is not valid HTTP/1.1: {e}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self.resp is not None:
             self.resp._on_lost(exc)
 
-    # httptools callbacks
+    # httptools callbacks. Anything past the end of the answer (a second response in the same read) is
+    # not ours: it spoils the connection but leaves the answer as it was.
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self.resp is not None:
-            self.resp.headers[name.lower()] = value
+        r = self.resp
+        if r is not None and not r._done:
+            r.headers[name.lower()] = value
+        else:
+            self.spoiled()
 
     def on_headers_complete(self) -> None:
-        if self.resp is not None:
-            self.resp._on_head(self.parser.get_status_code())
+        r = self.resp
+        if r is not None and not r._done:
+            self._interim = not r._on_head(self.parser.get_status_code())
 
     def on_body(self, body: bytes) -> None:
-        if self.resp is not None:
-            self.resp._on_body(body)
+        r = self.resp
+        if r is not None and not r._done:
+            r._on_body(body)
 
     def on_message_complete(self) -> None:
-        if self.resp is not None:
-            self.resp._on_complete(self.parser.should_keep_alive())
+        r = self.resp
+        if self._interim:  # the end of a 1xx response: the real one follows
+            self._interim = False
+        elif r is not None and not r._done:
+            r._on_complete(self.parser.should_keep_alive())
 
     # used by Response and the pool
     def pause(self) -> None:
@@ -368,9 +427,18 @@ class _Conn(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.resume_reading()
 
+    def spoiled(self) -> None:
+        """Bytes arrived that belong to no request: never reuse this connection."""
+        self._spoiled = True
+        if self.resp is None:
+            self.abort()
+
     def finished(self) -> None:
         self.resp = None
-        self.client._put_idle(self)
+        if self._spoiled:
+            self.abort()
+        else:
+            self.client._put_idle(self)
 
     def abort(self) -> None:
         self.closed = True
@@ -408,8 +476,12 @@ class HTTPClient:
 
         `headers` are ready-made header lines (b"Name: value\\r\\n" each), without Host and
         Content-Length, which are added here. A kept-alive connection that the server had already closed
-        is replaced once, when not one byte of the answer came back on it.
+        is replaced once, when not one byte of the answer came back on it, for idempotent methods only
+        (as aiohttp does): a POST may have been read before the connection closed, and running a paid
+        completion twice is worse than failing over to the next backend.
         """
+        if method == "HEAD":
+            raise ValueError("HEAD is not supported: this client always reads the body a response declares")
         if self._closed:
             raise ConnectError("the HTTP client is closed")
         loop = self._loop
@@ -433,7 +505,7 @@ class HTTPClient:
             try:
                 await resp._wait_head()
             except ConnectionDropped:
-                if reused and not retry and not resp.got_bytes:
+                if reused and not retry and not resp.got_bytes and method in _IDEMPOTENT:
                     continue  # the server closed this idle connection as we sent: try a fresh one
                 raise
             except BaseException:

@@ -179,8 +179,11 @@ class OpenAIBackend(Backend):
         except _http.HTTPClientError as e:
             raise self._error(e, "stream") from None
         finally:
-            # Past [DONE] the body has ended: the connection is reused. Otherwise it is closed.
-            resp.release()
+            # Past [DONE] the connection is reused once the body's last bytes are in; otherwise it is closed.
+            if done:
+                resp.release_after_end()
+            else:
+                resp.close()
         if not done:
             raise BackendStreamError("stream ended without [DONE] (connection closed early)")
 
