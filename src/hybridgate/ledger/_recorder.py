@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from hybridgate.store import Store, api_keys, ledger
 
@@ -25,6 +27,37 @@ Row = dict[str, Any]
 
 
 _COLUMNS = tuple(c.name for c in ledger.columns if c.name != "id")
+
+
+# SQLite: rows per INSERT statement, under its limit of bound values (32,766 from SQLite 3.32, else 999).
+_SQLITE_ROWS_PER_INSERT = (32_766 if sqlite3.sqlite_version_info >= (3, 32) else 999) // len(_COLUMNS)
+
+
+@functools.cache
+def _sqlite_insert_sql(rows: int) -> str:
+    """One INSERT of `rows` rows (qmark placeholders): SQLite runs it as a single step."""
+    one = "(" + ", ".join(["?"] * len(_COLUMNS)) + ")"
+    return f"INSERT INTO {ledger.name} ({', '.join(_COLUMNS)}) VALUES " + ", ".join([one] * rows)
+
+
+async def _insert_rows(conn: AsyncConnection, batch: list[Row]) -> None:
+    """Write a batch of ledger rows as plain tuples, the way the driver does it fastest.
+
+    SQLAlchemy's per-row parameter processing cost about as much as the insert itself, so rows go to the
+    driver as tuples (1,000 rows: 25 -> 12 ms). On SQLite they go as multi-row INSERTs: the sqlite3
+    module releases and retakes the GIL for every row of an executemany, and while the event loop keeps
+    the GIL busy, each retake waits, so a 1,000-row executemany took 0.1 to 0.9 s under load instead of
+    10 ms (see benchmarks/README.md). One statement is one release.
+    """
+    if conn.dialect.name == "sqlite":
+        for i in range(0, len(batch), _SQLITE_ROWS_PER_INSERT):
+            part = batch[i : i + _SQLITE_ROWS_PER_INSERT]
+            params = tuple(r[c] for r in part for c in _COLUMNS)
+            await conn.exec_driver_sql(_sqlite_insert_sql(len(part)), params)
+        return
+    await conn.exec_driver_sql(
+        _insert_sql(conn.dialect.paramstyle), [tuple(r[c] for c in _COLUMNS) for r in batch]
+    )
 
 
 @functools.cache
@@ -120,11 +153,7 @@ class LedgerRecorder:
                     spend[r["key_id"]] += r["cost_usd"]
             try:
                 async with self.store.engine.begin() as conn:
-                    # Plain tuples through the driver's executemany: SQLAlchemy's per-row parameter
-                    # processing cost about as much as the insert itself (measured: 25 -> 12 ms a 1,000 rows).
-                    await conn.exec_driver_sql(
-                        _insert_sql(conn.dialect.paramstyle), [tuple(r[c] for c in _COLUMNS) for r in batch]
-                    )
+                    await _insert_rows(conn, batch)
                     for key_id, amount in spend.items():
                         await conn.execute(
                             update(api_keys)
