@@ -887,6 +887,7 @@ def main(argv: list[str] | None = None) -> int:
         rat = ratios(rows, ttft, peak, top)
         if "hybridgate" in wanted:
             meta["hybridgate_metrics"] = scrape_metrics(started)
+            meta["hybridgate_problems"] = problems(next(s for s in started if s.name == "hybridgate"))
         done = True
     except KeyboardInterrupt:
         print("interrupted; stopping servers", file=sys.stderr)
@@ -902,6 +903,8 @@ def main(argv: list[str] | None = None) -> int:
     args.json_file.parent.mkdir(parents=True, exist_ok=True)
     args.json_file.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
     print_table(rows, ttft, peak, rat, meta)
+    for line in meta.get("hybridgate_problems", []):
+        print(f"hybridgate logged: {line}")
     print(f"\nwritten: {args.json_file}")
     return 0
 
@@ -918,6 +921,29 @@ def scrape_metrics(started: list[Server]) -> dict[str, float]:
         for name in ("hybridgate_requests_total", "hybridgate_cost_usd_total", "hybridgate_tokens_total"):
             if line.startswith(name):
                 out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+        if line.startswith("hybridgate_requests_total{") and 'status="' in line:
+            status = line.split('status="', 1)[1].split('"', 1)[0]
+            key = f"requests_with_status_{status}"
+            out[key] = out.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def problems(srv: Server, most: int = 20) -> list[str]:
+    """hybridgate's log lines about anything but a plain success (a failed request, a warning), to say why
+    a cell counted errors."""
+    out = []
+    with contextlib.suppress(OSError):
+        for line in srv.log.read_text(errors="replace").splitlines():
+            if not line.startswith("{"):
+                continue
+            if (
+                ('"status":' in line and '"status":200' not in line)
+                or '"level":"warning"' in line
+                or ('"level":"error"' in line)
+            ):
+                out.append(line[:600])
+                if len(out) >= most:
+                    break
     return out
 
 
