@@ -29,8 +29,11 @@ Row = dict[str, Any]
 _COLUMNS = tuple(c.name for c in ledger.columns if c.name != "id")
 
 
-# SQLite: rows per INSERT statement, under its limit of bound values (32,766 from SQLite 3.32, else 999).
-_SQLITE_ROWS_PER_INSERT = (32_766 if sqlite3.sqlite_version_info >= (3, 32) else 999) // len(_COLUMNS)
+# SQLite: the largest INSERT has this many rows (a power of two), under SQLite's limit of bound values
+# (32,766 from SQLite 3.32, else 999).
+_SQLITE_MAX_ROWS = 1 << (
+    ((32_766 if sqlite3.sqlite_version_info >= (3, 32) else 999) // len(_COLUMNS)).bit_length() - 1
+)
 
 
 @functools.cache
@@ -38,6 +41,19 @@ def _sqlite_insert_sql(rows: int) -> str:
     """One INSERT of `rows` rows (qmark placeholders): SQLite runs it as a single step."""
     one = "(" + ", ".join(["?"] * len(_COLUMNS)) + ")"
     return f"INSERT INTO {ledger.name} ({', '.join(_COLUMNS)}) VALUES " + ", ".join([one] * rows)
+
+
+def _sqlite_parts(n: int) -> list[int]:
+    """Split n rows into power-of-two INSERTs (largest first): a dozen statement shapes in all, so the
+    statements cached here and by SQLite stay few (one shape per batch size grew the process by 100+ MB)."""
+    parts = []
+    size = _SQLITE_MAX_ROWS
+    while n:
+        while size > n:
+            size >>= 1
+        parts.append(size)
+        n -= size
+    return parts
 
 
 async def _insert_rows(conn: AsyncConnection, batch: list[Row]) -> None:
@@ -50,10 +66,11 @@ async def _insert_rows(conn: AsyncConnection, batch: list[Row]) -> None:
     10 ms (see benchmarks/README.md). One statement is one release.
     """
     if conn.dialect.name == "sqlite":
-        for i in range(0, len(batch), _SQLITE_ROWS_PER_INSERT):
-            part = batch[i : i + _SQLITE_ROWS_PER_INSERT]
-            params = tuple(r[c] for r in part for c in _COLUMNS)
-            await conn.exec_driver_sql(_sqlite_insert_sql(len(part)), params)
+        i = 0
+        for size in _sqlite_parts(len(batch)):
+            params = tuple(r[c] for r in batch[i : i + size] for c in _COLUMNS)
+            await conn.exec_driver_sql(_sqlite_insert_sql(size), params)
+            i += size
         return
     await conn.exec_driver_sql(
         _insert_sql(conn.dialect.paramstyle), [tuple(r[c] for c in _COLUMNS) for r in batch]
