@@ -475,7 +475,9 @@ def test_stream_that_stalls_mid_way_ends_with_an_error_not_a_hang(procs: dict[st
 
 def test_unknown_model_names_do_not_create_metric_series(procs: dict[str, Proc]) -> None:
     for i in range(3):
-        httpx.post(procs["gw"].base_url + "/chat/completions", json={"model": f"made-up-{i}", "messages": MSG})
+        httpx.post(
+            procs["gw"].base_url + "/chat/completions", json={"model": f"made-up-{i}", "messages": MSG}
+        )
     text = httpx.get(procs["gw"].url + "/metrics").text
     assert "made-up-" not in text
     assert 'hybridgate_requests_total{model="(unknown)",status="404"}' in text

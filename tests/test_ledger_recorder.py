@@ -72,3 +72,43 @@ def test_a_failing_database_keeps_rows_until_it_recovers_and_stop_flushes_them(t
 
     asyncio.run(run())
     assert [r["request_id"] for r in ledger_rows(db)] == ["r1", "r2", "r3"]
+
+
+def test_a_large_batch_on_sqlite_is_written_whole_and_in_order_with_its_values_intact(tmp_path: Path) -> None:
+    db = sqlite_url(tmp_path)
+
+    async def run() -> list[Any]:
+        store = Store(db)
+        await store.open()
+        rec = LedgerRecorder(store, max_batch=1000)
+        for i in range(2345):  # several multi-row INSERTs of different sizes, and a remainder of one
+            r = row(i, None, 0.0)
+            r["estimated"], r["error"], r["input_tokens"] = i % 2 == 0, (f"e{i}" if i % 3 == 0 else None), i
+            rec.add(r)
+        assert await rec.flush() == 2345
+        async with store.engine.connect() as conn:
+            got = (
+                await conn.execute(
+                    text("SELECT request_id, input_tokens, estimated, error FROM ledger ORDER BY id")
+                )
+            ).all()
+        await store.close()
+        return list(got)
+
+    got = asyncio.run(run())
+    assert len(got) == 2345
+    assert [g[0] for g in got] == [f"r{i}" for i in range(2345)]
+    assert got[6] == ("r6", 6, True, "e6") and got[7] == ("r7", 7, False, None)
+
+
+def test_sqlite_insert_sizes_are_few_powers_of_two_that_add_up() -> None:
+    # One statement shape per batch size grew the process by 100+ MB (each shape is cached twice).
+    from hybridgate.ledger._recorder import _SQLITE_MAX_ROWS, _sqlite_parts
+
+    shapes: set[int] = set()
+    for n in range(1, 2001):
+        parts = _sqlite_parts(n)
+        assert sum(parts) == n and parts == sorted(parts, reverse=True)
+        assert all(p & (p - 1) == 0 and p <= _SQLITE_MAX_ROWS for p in parts)
+        shapes.update(parts)
+    assert len(shapes) <= 11
