@@ -101,14 +101,10 @@ def test_a_large_batch_on_sqlite_is_written_whole_and_in_order_with_its_values_i
     assert got[6] == ("r6", 6, True, "e6") and got[7] == ("r7", 7, False, None)
 
 
-def test_sqlite_insert_sizes_are_few_powers_of_two_that_add_up() -> None:
+def test_sqlite_insert_shapes_are_few_powers_of_two_that_fit_every_batch() -> None:
     # One statement shape per batch size grew the process by 100+ MB (each shape is cached twice).
-    from hybridgate.ledger._recorder import _SQLITE_MAX_ROWS, _sqlite_parts
+    from hybridgate.ledger._recorder import _SQLITE_MAX_ROWS, _sqlite_shape
 
-    shapes: set[int] = set()
-    for n in range(1, 2001):
-        parts = _sqlite_parts(n)
-        assert sum(parts) == n and parts == sorted(parts, reverse=True)
-        assert all(p & (p - 1) == 0 and p <= _SQLITE_MAX_ROWS for p in parts)
-        shapes.update(parts)
-    assert len(shapes) <= 11
+    shapes = {_sqlite_shape(n) for n in range(1, _SQLITE_MAX_ROWS + 1)}
+    assert all(_sqlite_shape(n) >= n for n in range(1, _SQLITE_MAX_ROWS + 1))
+    assert all(s & (s - 1) == 0 for s in shapes) and len(shapes) <= 11

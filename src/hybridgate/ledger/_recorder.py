@@ -30,7 +30,7 @@ _COLUMNS = tuple(c.name for c in ledger.columns if c.name != "id")
 
 
 # SQLite: the largest INSERT has this many rows (a power of two), under SQLite's limit of bound values
-# (32,766 from SQLite 3.32, else 999).
+# (32,766 from SQLite 3.32, else 999). A batch (max_batch, 1,000 by default) is one statement.
 _SQLITE_MAX_ROWS = 1 << (
     ((32_766 if sqlite3.sqlite_version_info >= (3, 32) else 999) // len(_COLUMNS)).bit_length() - 1
 )
@@ -38,22 +38,24 @@ _SQLITE_MAX_ROWS = 1 << (
 
 @functools.cache
 def _sqlite_insert_sql(rows: int) -> str:
-    """One INSERT of `rows` rows (qmark placeholders): SQLite runs it as a single step."""
+    """One INSERT of up to `rows` rows (qmark placeholders), which SQLite runs as a single step.
+
+    Rows past the batch's own are padded with NULLs and filtered out (`ts` is never NULL), so a batch of
+    any size takes the next power of two: at most a dozen statement shapes, each cached here and in
+    SQLite's statement cache (one shape per batch size grew the process by 100+ MB).
+    """
     one = "(" + ", ".join(["?"] * len(_COLUMNS)) + ")"
-    return f"INSERT INTO {ledger.name} ({', '.join(_COLUMNS)}) VALUES " + ", ".join([one] * rows)
+    cols = ", ".join(_COLUMNS)
+    picked = ", ".join(f"column{i + 1}" for i in range(len(_COLUMNS)))
+    return (
+        f"INSERT INTO {ledger.name} ({cols}) SELECT {picked} FROM (VALUES {', '.join([one] * rows)}) "
+        "WHERE column1 IS NOT NULL"
+    )
 
 
-def _sqlite_parts(n: int) -> list[int]:
-    """Split n rows into power-of-two INSERTs (largest first): a dozen statement shapes in all, so the
-    statements cached here and by SQLite stay few (one shape per batch size grew the process by 100+ MB)."""
-    parts = []
-    size = _SQLITE_MAX_ROWS
-    while n:
-        while size > n:
-            size >>= 1
-        parts.append(size)
-        n -= size
-    return parts
+def _sqlite_shape(n: int) -> int:
+    """The statement size for a batch of n rows: the next power of two (n must be <= _SQLITE_MAX_ROWS)."""
+    return 1 << max(0, n - 1).bit_length()
 
 
 async def _insert_rows(conn: AsyncConnection, batch: list[Row]) -> None:
@@ -66,11 +68,12 @@ async def _insert_rows(conn: AsyncConnection, batch: list[Row]) -> None:
     10 ms (see benchmarks/README.md). One statement is one release.
     """
     if conn.dialect.name == "sqlite":
-        i = 0
-        for size in _sqlite_parts(len(batch)):
-            params = tuple(r[c] for r in batch[i : i + size] for c in _COLUMNS)
-            await conn.exec_driver_sql(_sqlite_insert_sql(size), params)
-            i += size
+        for i in range(0, len(batch), _SQLITE_MAX_ROWS):
+            part = batch[i : i + _SQLITE_MAX_ROWS]
+            shape = _sqlite_shape(len(part))
+            params = [r[c] for r in part for c in _COLUMNS]
+            params += [None] * ((shape - len(part)) * len(_COLUMNS))
+            await conn.exec_driver_sql(_sqlite_insert_sql(shape), tuple(params))
         return
     await conn.exec_driver_sql(
         _insert_sql(conn.dialect.paramstyle), [tuple(r[c] for c in _COLUMNS) for r in batch]
