@@ -442,6 +442,10 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
             "NOPE_NOT_SET",
         ),
         ("backends: [", "not valid YAML"),
+        (
+            'backends:\n  - {name: a, kind: openai, base_url: "http://h/v1", api_key: "sk-1\\n", models: {x: y}}',
+            "api_key has a line break",
+        ),
     ],
 )
 def test_bad_config_exits_3_naming_the_field(tmp_path: Any, yaml_text: str, needle: str) -> None:

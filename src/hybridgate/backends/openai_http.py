@@ -58,8 +58,15 @@ class OpenAIBackend(Backend):
         # by the compressor, and answers are small.
         lines = ["Content-Type: application/json", "Accept-Encoding: identity"]
         if config.api_key:
-            lines.append(f"Authorization: Bearer {config.api_key}")
-        self._headers = "".join(f"{h}\r\n" for h in lines).encode("latin-1")
+            key = config.api_key
+            if any(c in key for c in "\r\n\0") or not key.isascii():
+                # e.g. a key read from a file with its trailing newline: it would break the request's head
+                raise ValueError(
+                    f"backend '{self.name}': api_key has a line break or a non-ASCII character; "
+                    "check the value (or the ${...} variable) it comes from"
+                )
+            lines.append(f"Authorization: Bearer {key}")
+        self._headers = "".join(f"{h}\r\n" for h in lines).encode("ascii")
         t = config.timeouts
         # `read_s` bounds every gap between bytes, so a stream that stalls mid-way fails instead of holding
         # the client until total_s.
