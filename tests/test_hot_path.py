@@ -138,3 +138,61 @@ def test_serve_with_two_workers_answers_and_every_worker_logs(tmp_path: Path) ->
         assert gw.log().count('"msg":"request"') == 4, gw.log()
     finally:
         assert gw.stop() in (0, -15)
+
+
+async def test_the_openai_backend_reuses_one_upstream_connection_for_answers_and_streams() -> None:
+    """A connection per call would cost a TCP handshake each time; servers that write a stream's chunked
+    terminator after [DONE], in a later write, must not cost one either."""
+    accepted = 0
+    chat = b'{"choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}], "usage": {"prompt_tokens": 1, "completion_tokens": 1}}'
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+                body = orjson.loads(await reader.readexactly(length))
+                if not body.get("stream"):
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                        % (len(chat), chat)
+                    )
+                    await writer.drain()
+                    continue
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+                )
+                for part in (_event(0), b"data: [DONE]\n\n"):
+                    writer.write(b"%x\r\n%s\r\n" % (len(part), part))
+                await writer.drain()
+                await asyncio.sleep(0.02)  # the terminator comes in a write of its own
+                writer.write(b"0\r\n\r\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    cfg = BackendConfig(name="up", kind="openai", base_url=f"http://127.0.0.1:{port}/v1", models={"m": "m"})
+    backend = OpenAIBackend(cfg)
+    await backend.start()
+    try:
+        msgs = [{"role": "user", "content": "hi"}]
+        for _ in range(3):
+            resp = await backend.complete(BackendRequest("chat", {"model": "m", "messages": msgs}, "m"))
+            assert resp.usage.completion_tokens == 1
+            req = BackendRequest("chat", {"model": "m", "messages": msgs, "stream": True}, "m")
+            got = [c["choices"][0]["delta"]["content"] async for b in backend.stream_batches(req) for c in b]
+            assert got == ["w0"]
+            await asyncio.sleep(0.05)  # past the late terminator: the connection is back in the pool
+        assert accepted == 1
+    finally:
+        await backend.close()
+        server.close()
+        await server.wait_closed()
