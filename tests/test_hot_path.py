@@ -196,3 +196,26 @@ async def test_the_openai_backend_reuses_one_upstream_connection_for_answers_and
         await backend.close()
         server.close()
         await server.wait_closed()
+
+
+@pytest.mark.parametrize("tune", [False, True])
+async def test_gc_is_tuned_only_where_the_gateway_owns_the_process(tmp_path: Path, tune: bool) -> None:
+    import gc
+
+    from hybridgate.api.app import GC_GEN0_THRESHOLD, Gateway
+    from hybridgate.config import Config
+
+    cfg = Config(
+        database=f"sqlite:///{tmp_path / 'gw.db'}",
+        backends=[BackendConfig(name="m", kind="mock", models={"m": "m"}, price={"free": True})],
+    )
+    before = gc.get_threshold()
+    gw = Gateway(cfg, tune_gc=tune)
+    await gw.startup()
+    try:
+        tuned = gc.get_threshold()[0] >= GC_GEN0_THRESHOLD and gc.get_freeze_count() > 0
+        assert tuned is tune
+    finally:
+        await gw.shutdown()
+        gc.unfreeze()
+        gc.set_threshold(*before)

@@ -126,7 +126,7 @@ def serve(
     p = cfg.server.port if port is None else port
     n = workers or cfg.server.workers
     try:
-        gw = create_app(cfg)  # validates HYBRIDGATE_PRIORITY etc. before binding
+        gw = create_app(cfg, tune_gc=True)  # validates HYBRIDGATE_PRIORITY etc. before binding
     except ConfigError as e:
         raise fail(str(e)) from None
     if first_key and not os.environ.get("HYBRIDGATE_MASTER_KEY"):

@@ -50,8 +50,11 @@ class Gateway:
         *,
         master_key: str | None = None,
         priority: list[str] | None = None,
+        tune_gc: bool = False,
     ) -> None:
         self.config = config
+        # Only where the gateway owns the process (`hybridgate serve`): the GC settings are process-wide.
+        self.tune_gc = tune_gc
         try:
             self.manager = BackendManager([build_backend(b) for b in config.backends], priority or ())
         except ValueError as e:
@@ -96,7 +99,8 @@ class Gateway:
             self._tasks.append(asyncio.create_task(health_loop(st), name=f"health:{st.name}"))
         for fn in self.extra_startup:
             await fn()
-        _tune_gc()
+        if self.tune_gc:
+            _tune_gc()
         log.info(
             "gateway started",
             extra={
@@ -291,12 +295,20 @@ def _attempt_headers(ctx: dict[str, Any]) -> list[tuple[bytes, bytes]]:
     return inference._headers(ctx.get("backend"), attempts, None, ctx["request_id"])
 
 
-def create_app(config: Config | None = None, env: dict[str, str] | None = None) -> Gateway:
-    """Build the gateway from a config (the embedded default when None) and the environment."""
+def create_app(
+    config: Config | None = None, env: dict[str, str] | None = None, *, tune_gc: bool = False
+) -> Gateway:
+    """Build the gateway from a config (the embedded default when None) and the environment.
+
+    `tune_gc`: freeze what startup built and collect young objects less often (see `_tune_gc`); for a
+    process that runs nothing but the gateway, as `hybridgate serve` does.
+    """
     env = dict(os.environ) if env is None else env
     cfg = config or load_config(env.get("HYBRIDGATE_CONFIG") or None, env)
     priority = [p for p in env.get("HYBRIDGATE_PRIORITY", "").split(",") if p.strip()]
-    return Gateway(cfg, master_key=env.get("HYBRIDGATE_MASTER_KEY") or None, priority=priority)
+    return Gateway(
+        cfg, master_key=env.get("HYBRIDGATE_MASTER_KEY") or None, priority=priority, tune_gc=tune_gc
+    )
 
 
 def app_factory() -> Gateway:
@@ -305,7 +317,7 @@ def app_factory() -> Gateway:
     A worker is a fresh interpreter: it sets up logging itself (HYBRIDGATE_LOG_LEVEL, default info).
     """
     configure_logging(os.environ.get("HYBRIDGATE_LOG_LEVEL") or "info")
-    return create_app()
+    return create_app(tune_gc=True)
 
 
 __all__ = ["Gateway", "app_factory", "create_app"]
