@@ -275,9 +275,6 @@ class Response:
             self._conn.resume()
         return data
 
-    def _take(self) -> bytes:
-        return self._decode(self._take_raw())
-
     def _decode(self, data: bytes) -> bytes:
         if self._decoder is not None:
             try:
@@ -312,7 +309,7 @@ class Response:
             if self._error is not None:
                 raise self._error
             await self._wait()
-        return self._take()
+        return self._decode(self._take_raw())
 
     def release(self) -> None:
         """Done with this response: the connection goes back to the pool if its body was read whole."""
@@ -329,10 +326,6 @@ class Response:
         if not self._done and self._error is None:  # a reader still waiting (another task) must not hang
             self._error = ConnectionDropped("the response was released before its body was read")
             self._wake()
-
-    def close(self) -> None:
-        """Done with this response, whatever is left of its body: the connection is closed unless complete."""
-        self.release()
 
     def release_after_end(self, limit_s: float = 1.0) -> None:
         """Done with this response although its body has not quite ended (an SSE stream after `[DONE]`,
@@ -499,8 +492,10 @@ class HTTPClient:
                 conn = await self._connect(origin, timeouts, started)
             resp = conn.resp = Response(conn, timeouts, started)
             assert conn.transport is not None
-            conn.transport.write(head + body if len(body) < 65536 else head)
-            if len(body) >= 65536:
+            if len(body) < 65536:  # one write, one syscall; a large body is not copied for it
+                conn.transport.write(head + body)
+            else:
+                conn.transport.write(head)
                 conn.transport.write(body)
             try:
                 await resp._wait_head()
@@ -509,7 +504,7 @@ class HTTPClient:
                     continue  # the server closed this idle connection as we sent: try a fresh one
                 raise
             except BaseException:
-                resp.close()
+                resp.release()
                 raise
             return resp
         raise AssertionError("unreachable")  # pragma: no cover

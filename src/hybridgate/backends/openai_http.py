@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -71,6 +70,8 @@ class OpenAIBackend(Backend):
         # `read_s` bounds every gap between bytes, so a stream that stalls mid-way fails instead of holding
         # the client until total_s.
         self._timeouts = _http.Timeouts(connect_s=t.connect_s, read_s=t.first_byte_s, total_s=t.total_s)
+        h = config.health.timeout_s  # the client's total deadline bounds the whole check
+        self._health_timeouts = _http.Timeouts(connect_s=min(h, t.connect_s), read_s=h, total_s=h)
         self._client: _http.HTTPClient | None = None
 
     async def start(self) -> None:
@@ -190,25 +191,21 @@ class OpenAIBackend(Backend):
             if done:
                 resp.release_after_end()
             else:
-                resp.close()
+                resp.release()
         if not done:
             raise BackendStreamError("stream ended without [DONE] (connection closed early)")
 
     async def check_health(self) -> None:
         h = self.config.health
-        t = _http.Timeouts(
-            connect_s=min(h.timeout_s, self._timeouts.connect_s), read_s=h.timeout_s, total_s=h.timeout_s
-        )
         try:
-            async with asyncio.timeout(h.timeout_s):
-                resp = await self.client.request(
-                    self._health_origin, "GET", self._health_target, self._headers, timeouts=t
-                )
-                try:
-                    await resp.read()
-                finally:
-                    resp.release()
-        except (TimeoutError, _http.ReadTimeout, _http.TotalTimeout, _http.ConnectTimeout):
+            resp = await self.client.request(
+                self._health_origin, "GET", self._health_target, self._headers, timeouts=self._health_timeouts
+            )
+            try:
+                await resp.read()
+            finally:
+                resp.release()
+        except (_http.ReadTimeout, _http.TotalTimeout, _http.ConnectTimeout):
             raise BackendTimeoutError(
                 f"health check {self._health_url} timed out after {h.timeout_s:g}s"
             ) from None
