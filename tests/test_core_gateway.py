@@ -384,15 +384,22 @@ def test_backend_killed_mid_run_loses_no_requests(spawn: dict[str, Callable[...,
 
 def test_backend_recovers_after_its_cooldown(spawn: dict[str, Callable[..., Proc]]) -> None:
     a, b = spawn["mock"](model=["m"]), spawn["mock"](model=["m"])
-    gw = spawn["gateway"]({"backends": [backend("a", a, 1, "m"), backend("b", b, 2, "m")]})
+    # A cooldown of 3 s, not 1: on a loaded machine the steps below took longer than 1 s, and a's passing
+    # health check ended the cooldown before the test looked.
+    health = {"path": "/health", "interval_s": 0.3, "timeout_s": 0.5, "failures_to_trip": 2, "cooldown_s": 3}
+    gw = spawn["gateway"]({"backends": [backend("a", a, 1, "m", health=health), backend("b", b, 2, "m")]})
     set_mock_behaviour(a.url, fail_rate=1)
     c = client(gw)
-    for _ in range(2):
-        c.chat.completions.create(model="chat", messages=MSG)
 
     def state() -> dict[str, Any]:
         return {x["name"]: x for x in httpx.get(gw.url + "/health/backends").json()["backends"]}["a"]
 
+    # Two failed calls in a row trip the breaker; a passing health check between them (every 0.3 s, and
+    # the mock's /health passes) starts the count again, so on a slow machine it can take a few more.
+    for _ in range(10):
+        c.chat.completions.create(model="chat", messages=MSG)
+        if state()["healthy"] is False:
+            break
     assert state()["healthy"] is False
     served_before = set_mock_behaviour(a.url)["requests"]
     r = c.chat.completions.with_raw_response.create(model="chat", messages=MSG)
