@@ -28,7 +28,7 @@ class Principal:
     key_id: str | None = None
     name: str = "anonymous"
     is_master: bool = False
-    # Public model names this caller may use; None or empty means all (checked by api/inference.py).
+    # Public model names this caller may use; None or empty means all (checked by serving/).
     allowed_models: tuple[str, ...] | None = None
     budget_usd: float | None = None
     rpm: int | None = None

@@ -9,10 +9,39 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
 
 from hybridgate.config import BackendConfig
-from hybridgate.protocol import Endpoint, Usage
+from hybridgate.protocol import Endpoint, Operation, Usage
+
+
+class Lifecycle(StrEnum):
+    """Where a backend is in its life. Only `ready` takes calls; `provisioning` and `warming` are worth
+    waiting for (a request waits a bounded time for one), `stopped`, `draining` and `failed` are not.
+
+    stopped -> provisioning -> warming -> ready -> draining -> stopped, and failed from anywhere.
+    """
+
+    STOPPED = "stopped"
+    PROVISIONING = "provisioning"
+    WARMING = "warming"
+    READY = "ready"
+    DRAINING = "draining"
+    FAILED = "failed"
+
+    @property
+    def coming(self) -> bool:
+        """On its way to ready: a request may wait for it."""
+        return self in (Lifecycle.PROVISIONING, Lifecycle.WARMING)
+
+
+class NoOptions(BaseModel):
+    """The options model of a kind that takes none: any key is a typo, and an error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 @dataclass(slots=True)
@@ -72,6 +101,15 @@ class BackendUnavailableError(BackendError):
     marks_unhealthy = False
 
 
+class BackendModelMissingError(BackendError):
+    """The backend says it does not serve the model the config maps to it ("model not found").
+
+    The operator's mistake, not the client's and not the backend's health: the router falls back to the
+    next backend and shows the reason in /health/backends; the client never sees it as a 404."""
+
+    marks_unhealthy = False
+
+
 class BackendStreamError(BackendError):
     """A stream broke after it started (dropped connection, error event, malformed data)."""
 
@@ -85,16 +123,34 @@ class BackendHTTPError(BackendError):
 
 
 class Backend(ABC):
-    """One place a model runs. Created from config; started and closed by the app's lifespan."""
+    """One place a model runs. Created from config; started and closed by whoever owns it (the router).
+
+    A kind declares what it can do (`operations`), what its `options` look like (`Options`, validated in
+    `__init__`, so a bad option fails the config load), and where it is in its life (`lifecycle`).
+    """
 
     # True when the adapter enforces `timeouts` itself (on its sockets); otherwise the router bounds each
     # attempt with an asyncio timer, which costs a few microseconds a call.
     enforces_timeouts = False
+    operations: ClassVar[frozenset[Operation]] = frozenset({Operation.CHAT, Operation.COMPLETIONS})
+    Options: ClassVar[type[BaseModel]] = NoOptions
+    # Whether an active health check costs nothing (a GET on a local server); a paid hosted API is False,
+    # and its backends are checked passively unless the config says otherwise.
+    free_health_checks: ClassVar[bool] = True
 
     def __init__(self, config: BackendConfig) -> None:
         self.config = config
         self.name = config.name
         self.kind: str = config.kind
+        self.options: Any = self.parse_options(config)
+
+    @classmethod
+    def parse_options(cls, config: BackendConfig) -> BaseModel:
+        """The kind's typed options from `config.options` (raises pydantic's ValidationError)."""
+        return cls.Options.model_validate(config.options)
+
+    def implements(self, operation: str) -> bool:
+        return operation in self.operations
 
     @property
     def ready(self) -> bool:
@@ -103,7 +159,12 @@ class Backend(ABC):
 
     @property
     def state(self) -> str:
+        """The adapter's own word for its state (e.g. llamacpp's "loading"); `lifecycle` is the shared one."""
         return "ready" if self.ready else "loading"
+
+    @property
+    def lifecycle(self) -> Lifecycle:
+        return Lifecycle.READY if self.ready else Lifecycle.WARMING
 
     async def start(self) -> None:
         """Open pools or begin loading; must return quickly (long work goes in a background task)."""

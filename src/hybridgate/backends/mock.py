@@ -206,11 +206,21 @@ class MockEngine:
 
 
 class MockBackend(Backend):
-    """The mock, in process: no sockets, no cost."""
+    """The mock, in process: no sockets, no cost. Its options: `mock:` or `options:`, the same knobs."""
+
+    Options = MockOptions
 
     def __init__(self, config: BackendConfig) -> None:
         super().__init__(config)
-        self.engine = MockEngine(MockBehaviour.from_options(config.mock))
+        self.engine = MockEngine(MockBehaviour.from_options(self.options))
+
+    @classmethod
+    def parse_options(cls, config: BackendConfig) -> MockOptions:
+        if config.options:
+            return MockOptions.model_validate(
+                {**config.mock.model_dump(exclude_unset=True), **config.options}
+            )
+        return config.mock
 
     async def _maybe_fail(self, stream: bool) -> None:
         if self.engine.should_fail():

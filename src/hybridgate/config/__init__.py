@@ -3,8 +3,10 @@
 from hybridgate.config._load import ConfigError, default_config, load_config, parse_config
 from hybridgate.config._schema import (
     BackendConfig,
+    ConcurrencyConfig,
     Config,
     HealthConfig,
+    MockOptions,
     PriceConfig,
     ServerConfig,
     TimeoutsConfig,
@@ -12,9 +14,11 @@ from hybridgate.config._schema import (
 
 __all__ = [
     "BackendConfig",
+    "ConcurrencyConfig",
     "Config",
     "ConfigError",
     "HealthConfig",
+    "MockOptions",
     "PriceConfig",
     "ServerConfig",
     "TimeoutsConfig",

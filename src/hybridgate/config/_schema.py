@@ -6,7 +6,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-BackendKind = Literal["openai", "mock", "llamacpp"]
+# A backend kind is a name in the adapter registry (`hybridgate.backends.KINDS`); checked when the
+# backends are built, since the registry lives a layer above the config.
+_KIND = r"^[a-z][a-z0-9_]*$"
 
 
 class _Strict(BaseModel):
@@ -20,29 +22,38 @@ class ServerConfig(_Strict):
     max_body_bytes: int = Field(1024 * 1024, ge=1)
     workers: int = Field(1, ge=1)
     log_requests: bool = True
+    # A request whose backends are all still starting (a model loading, a pod warming) waits this long
+    # for one to become ready before it gets 503 with Retry-After.
+    warming_wait_s: float = Field(30.0, ge=0)
 
 
 class PriceConfig(_Strict):
-    """What one call costs: per million tokens, per hour of a dedicated GPU, per request, or a sum."""
+    """What one call costs, as a sum over usage units; the ledger multiplies (`hybridgate.ledger.price`).
+
+    Tokens per million, a dedicated GPU per hour of the call's wall time, requests, images, GPU-seconds
+    a backend reports (a pod or a training run, per hour), training tokens per million.
+    """
 
     input_per_mtok: float = Field(0.0, ge=0)
     output_per_mtok: float = Field(0.0, ge=0)
     per_hour: float = Field(0.0, ge=0)
     per_request: float = Field(0.0, ge=0)
+    per_image: float = Field(0.0, ge=0)
+    per_gpu_hour: float = Field(0.0, ge=0)
+    training_per_mtok: float = Field(0.0, ge=0)
     # A zero price is normally "we do not know"; `free: true` says it really costs nothing.
     free: bool = False
 
     @property
     def is_zero(self) -> bool:
-        return not (self.input_per_mtok or self.output_per_mtok or self.per_hour or self.per_request)
-
-    def cost(self, input_tokens: int, output_tokens: int, seconds: float) -> float:
-        """USD for one call; per-hour prices are prorated by the call's wall time."""
-        return (
-            input_tokens * self.input_per_mtok / 1e6
-            + output_tokens * self.output_per_mtok / 1e6
-            + seconds * self.per_hour / 3600.0
-            + self.per_request
+        return not (
+            self.input_per_mtok
+            or self.output_per_mtok
+            or self.per_hour
+            or self.per_request
+            or self.per_image
+            or self.per_gpu_hour
+            or self.training_per_mtok
         )
 
 
@@ -59,6 +70,21 @@ class HealthConfig(_Strict):
     failures_to_trip: int = Field(3, ge=1)
     cooldown_s: float = Field(10.0, ge=0)
     enabled: bool = True
+    # "passive": no probes, health comes from real calls only (a paid hosted API may bill a probe); the
+    # same as `enabled: false`. Unset: the kind's default (active where a probe is free, passive where not).
+    mode: Literal["active", "passive"] | None = None
+
+
+class ConcurrencyConfig(_Strict):
+    """At most `max` calls in flight at a backend; up to `queue` more wait (in arrival order) for a slot.
+
+    A backend that is full is skipped for the next candidate; only when every candidate is full does a
+    call wait, at most `queue_timeout_s`. For HTTP backends `max` also caps connections to its origin.
+    """
+
+    max: int = Field(ge=1)
+    queue: int = Field(16, ge=0)
+    queue_timeout_s: float = Field(30.0, gt=0)
 
 
 class MockOptions(_Strict):
@@ -77,7 +103,7 @@ class MockOptions(_Strict):
 
 class BackendConfig(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
-    kind: BackendKind
+    kind: str = Field(pattern=_KIND)
     base_url: str | None = None
     api_key: str | None = None
     # public model name -> the backend's own model name
@@ -87,8 +113,11 @@ class BackendConfig(_Strict):
     price: PriceConfig = PriceConfig()
     timeouts: TimeoutsConfig = TimeoutsConfig()
     health: HealthConfig = HealthConfig()
+    concurrency: ConcurrencyConfig | None = None
+    # The mock's knobs (kind mock); the same as `options` for that kind, kept for existing configs.
     mock: MockOptions = MockOptions()
-    # kind-specific settings (e.g. llamacpp's model path, context size, prompt template)
+    # Kind-specific settings, validated by the kind's own options model when the backends are built
+    # (e.g. llamacpp's model path, context size, prompt template).
     options: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("base_url")
@@ -99,12 +128,6 @@ class BackendConfig(_Strict):
         if not v.startswith(("http://", "https://")):
             raise ValueError("base_url must start with http:// or https://")
         return v.rstrip("/")
-
-    @model_validator(mode="after")
-    def _needs_url(self) -> BackendConfig:
-        if self.kind == "openai" and not self.base_url:
-            raise ValueError(f"backend '{self.name}' of kind openai needs a base_url")
-        return self
 
 
 class Config(_Strict):

@@ -8,7 +8,8 @@ from typing import Any
 import orjson
 
 from hybridgate.config import BackendConfig
-from hybridgate.protocol import Endpoint, prompt_text
+from hybridgate.ledger._pricing import price_usage
+from hybridgate.protocol import Endpoint, Usage, prompt_text
 
 # When a client sets no max_tokens, a budgeted call on a per-token price is capped at this many output
 # tokens (written into the backend's request), because an unbounded answer has no worst case to reserve.
@@ -68,7 +69,7 @@ def worst_case(
     out = (max_tokens or 0) * choices
     inp = prompt_token_bound(body, endpoint)
     seconds = backend.timeouts.total_s + _HOURLY_SLACK_S if price.per_hour else 0.0
-    return WorstCase(price.cost(inp, out, seconds), inp, out, capped)
+    return WorstCase(price_usage(price, Usage(inp, out), seconds), inp, out, capped)
 
 
 __all__ = ["DEFAULT_MAX_TOKENS", "WorstCase", "prompt_token_bound", "worst_case"]

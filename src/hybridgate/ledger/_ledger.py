@@ -92,7 +92,7 @@ class Ledger:
             yield key_id, name, budget - self.book.spent.get(key_id, 0.0), self.book.in_flight(key_id)
 
     # --- policy ---------------------------------------------------------------------------------
-    def hooks_for(self, principal: Principal, ctx: dict[str, Any]) -> CallPolicy:
+    def hooks_for(self, principal: Principal, request_id: str) -> CallPolicy:
         """Per call: apply the key's requests-per-minute limit, then hand the router this call's hooks."""
         if principal.rpm is not None and principal.key_id is not None:
             wait = self.limiter.hit(principal.key_id, principal.rpm)
@@ -104,7 +104,7 @@ class Ledger:
                     f"retry in {retry}s.",
                     headers={"Retry-After": retry},
                 )
-        return CallPolicy(self, principal, ctx["request_id"])
+        return CallPolicy(self, principal, request_id)
 
     def reserve(self, p: Principal, backend: BackendConfig, req: BackendRequest) -> int | None:
         """Reserve this attempt's worst-case cost against the key's budget, or refuse the backend."""
@@ -137,7 +137,15 @@ class Ledger:
             )
         return rid
 
-    def record(self, p: Principal, request_id: str, model: str, a: Attempt, reservation: int | None) -> None:
+    def record(
+        self,
+        p: Principal,
+        request_id: str,
+        model: str,
+        a: Attempt,
+        reservation: int | None,
+        operation: str | None = None,
+    ) -> None:
         """Settle the attempt against the budget and queue its ledger row (memory only; never awaits)."""
         cost = a.cost_usd
         self.book.settle(p.key_id, reservation, cost)
@@ -166,6 +174,10 @@ class Ledger:
                 "streamed": a.streamed,
                 "error": a.error[:_MAX_ERROR_CHARS] if a.error else None,
                 "cost_usd": cost,
+                "operation": operation,
+                "images": a.usage.images,
+                "gpu_seconds": a.usage.gpu_seconds,
+                "training_tokens": a.usage.training_tokens,
             }
         )
         if cost:
@@ -185,18 +197,18 @@ class CallPolicy:
         self._ledger = ledger
         self.principal = principal
         self.request_id = request_id
-        self._open: dict[str, tuple[int | None, str]] = {}
+        self._open: dict[str, tuple[int | None, str, str]] = {}
 
     async def before_attempt(self, state: BackendState, req: BackendRequest) -> None:
         p = self.principal
         rid = None
         if p.budget_usd is not None and p.key_id is not None:
             rid = self._ledger.reserve(p, state.backend.config, req)
-        self._open[state.name] = (rid, req.public_model)
+        self._open[state.name] = (rid, req.public_model, str(req.endpoint))
 
     async def after_attempt(self, state: BackendState, attempt: Attempt) -> None:
-        rid, model = self._open.pop(state.name, (None, ""))
-        self._ledger.record(self.principal, self.request_id, model, attempt, rid)
+        rid, model, operation = self._open.pop(state.name, (None, "", ""))
+        self._ledger.record(self.principal, self.request_id, model, attempt, rid, operation or None)
 
 
 __all__ = ["CallPolicy", "Ledger"]

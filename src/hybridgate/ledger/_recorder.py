@@ -27,6 +27,8 @@ Row = dict[str, Any]
 
 
 _COLUMNS = tuple(c.name for c in ledger.columns if c.name != "id")
+# Columns a row may leave out (usage units beyond tokens, revision 0003), with what they then hold.
+_OPTIONAL: Row = {"operation": None, "images": 0, "gpu_seconds": 0.0, "training_tokens": 0}
 
 
 # SQLite: the largest INSERT has this many rows (a power of two), under SQLite's limit of bound values
@@ -131,6 +133,8 @@ class LedgerRecorder:
 
     def add(self, row: Row) -> None:
         """Queue one row; never blocks and never fails (the request path calls this)."""
+        if len(row) < len(_COLUMNS):
+            row = {**_OPTIONAL, **row}
         self._rows.append(row)
         if row["key_id"] is not None and row["cost_usd"]:
             self.pending_cost[row["key_id"]] += row["cost_usd"]

@@ -1,4 +1,4 @@
-"""Usage reports from the ledger: requests, tokens and cost grouped by backend, model, key or day."""
+"""Usage reports from the ledger: requests, usage units and cost grouped by backend, model, key, operation or day."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from sqlalchemy import distinct, func, select
 
 from hybridgate.store import Store, ledger
 
-GROUPS = ("backend", "model", "key", "day")
+GROUPS = ("backend", "model", "key", "day", "operation")
 
 
 async def usage_report(
@@ -23,9 +23,13 @@ async def usage_report(
     if group_by not in GROUPS:
         raise ValueError(f"group_by must be one of {', '.join(GROUPS)}")
     c = ledger.c
-    cols = {"backend": [c.backend], "model": [c.model], "key": [c.key_id, c.key_name], "day": [c.day]}[
-        group_by
-    ]
+    cols = {
+        "backend": [c.backend],
+        "model": [c.model],
+        "key": [c.key_id, c.key_name],
+        "day": [c.day],
+        "operation": [c.operation],
+    }[group_by]
     cost = func.coalesce(func.sum(c.cost_usd), 0.0)
     q = select(
         *cols,
@@ -33,6 +37,9 @@ async def usage_report(
         func.count().label("attempts"),
         func.coalesce(func.sum(c.input_tokens), 0).label("input_tokens"),
         func.coalesce(func.sum(c.output_tokens), 0).label("output_tokens"),
+        func.coalesce(func.sum(c.images), 0).label("images"),
+        func.coalesce(func.sum(c.gpu_seconds), 0.0).label("gpu_seconds"),
+        func.coalesce(func.sum(c.training_tokens), 0).label("training_tokens"),
         cost.label("cost_usd"),
     ).group_by(*cols)
     if since is not None:
@@ -52,6 +59,9 @@ async def usage_report(
             "attempts": int(r.attempts),
             "input_tokens": int(r.input_tokens),
             "output_tokens": int(r.output_tokens),
+            "images": int(r.images),
+            "gpu_seconds": round(float(r.gpu_seconds), 3),
+            "training_tokens": int(r.training_tokens),
             "cost_usd": round(float(r.cost_usd), 8),
         }
         if group_by == "key":

@@ -16,8 +16,6 @@ from hybridgate.protocol._errors import (
 from hybridgate.protocol._openai import (
     ChatCompletionRequest,
     CompletionRequest,
-    Endpoint,
-    Usage,
     chunk_body,
     completion_id,
     parse_request,
@@ -25,6 +23,7 @@ from hybridgate.protocol._openai import (
     response_body,
     usage_chunk,
 )
+from hybridgate.protocol._operations import Endpoint, Operation, Usage
 
 __all__ = [
     "AuthenticationError",
@@ -36,6 +35,7 @@ __all__ = [
     "GatewayError",
     "ModelNotFoundError",
     "NotFoundError",
+    "Operation",
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "RateLimitedError",

@@ -7,15 +7,13 @@ unknown fields are allowed and forwarded untouched, as OpenAI-compatible servers
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hybridgate.protocol._errors import BadRequestError
-
-Endpoint = Literal["chat", "completions"]
+from hybridgate.protocol._operations import Endpoint, Usage
 
 
 class _Open(BaseModel):
@@ -63,30 +61,6 @@ class CompletionRequest(_Sampling):
     def limit(self) -> int | None:
         # OpenAI's legacy endpoint defaults to 16 tokens.
         return self.max_tokens or 16
-
-
-@dataclass(slots=True)
-class Usage:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    # True when the backend reported no usage and the numbers were counted or estimated here.
-    estimated: bool = False
-
-    def as_dict(self) -> dict[str, int]:
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
-        }
-
-    @classmethod
-    def from_dict(cls, d: Any) -> Usage | None:
-        if not isinstance(d, dict):
-            return None
-        try:
-            return cls(int(d.get("prompt_tokens") or 0), int(d.get("completion_tokens") or 0))
-        except (TypeError, ValueError):
-            return None
 
 
 def _param(loc: tuple[Any, ...]) -> str:

@@ -1,5 +1,7 @@
-"""Routing: candidate selection by model, priority, forced/preferred backend and health; fallback."""
+"""Routing: candidates by model, operation, priority, forced/preferred backend, health and capacity;
+fallback; backends added and removed while serving."""
 
+from hybridgate.router._capacity import Capacity, QueueFull
 from hybridgate.router._health import BackendState, check_once, health_loop
 from hybridgate.router._manager import (
     NO_HOOKS,
@@ -8,6 +10,7 @@ from hybridgate.router._manager import (
     Call,
     CallHooks,
     ClientError,
+    Pricer,
     Result,
     Stream,
 )
@@ -19,7 +22,10 @@ __all__ = [
     "BackendState",
     "Call",
     "CallHooks",
+    "Capacity",
     "ClientError",
+    "Pricer",
+    "QueueFull",
     "Result",
     "Stream",
     "check_once",

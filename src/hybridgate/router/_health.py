@@ -8,7 +8,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from hybridgate.backends import Backend, BackendError
+from hybridgate.backends import Backend, BackendError, Lifecycle
+from hybridgate.router._capacity import Capacity
 
 log = logging.getLogger("hybridgate.health")
 
@@ -24,19 +25,48 @@ class BackendState:
     last_check: float | None = None  # wall-clock time of the last active check
     last_latency_ms: float | None = None
     open_until: float = 0.0  # monotonic time before which an unhealthy backend is not tried
+    # Set when the router is removing this backend: no new calls, the ones in flight finish.
+    draining: bool = False
+    # Calls running on it now (a stream counts until it is settled).
+    in_flight: int = 0
+    # Set when the last call in flight of a draining backend ends.
+    drained: asyncio.Event | None = None
+    # The concurrency cap, when the config sets one.
+    gate: Capacity | None = None
+    # Public model -> why the backend would not serve it ("model not found": the config maps it wrong).
+    model_errors: dict[str, str] = field(default_factory=dict)
     _clock: Any = field(default=time.monotonic, repr=False)
+
+    def __post_init__(self) -> None:
+        c = self.backend.config.concurrency
+        if c is not None and self.gate is None:
+            self.gate = Capacity(c.max, c.queue)
 
     @property
     def name(self) -> str:
         return self.backend.name
 
+    @property
+    def active_checks(self) -> bool:
+        """Whether a background task probes this backend (else only real calls tell its health)."""
+        h = self.backend.config.health
+        if not h.enabled or h.mode == "passive":
+            return False
+        return h.mode == "active" or self.backend.free_health_checks
+
+    @property
+    def lifecycle(self) -> Lifecycle:
+        return Lifecycle.DRAINING if self.draining else self.backend.lifecycle
+
     def routable(self) -> bool:
         """Ready and healthy, or unhealthy with its cooldown over (half-open: one more try is allowed)."""
-        if not self.backend.ready:
+        if not self.backend.ready or self.draining:
             return False
         return self.healthy or self._clock() >= self.open_until
 
     def why_not_routable(self) -> str:
+        if self.draining:
+            return "draining (being removed)"
         if not self.backend.ready:
             return f"{self.backend.state} (not ready yet)"
         left = max(0.0, self.open_until - self._clock())
@@ -69,6 +99,7 @@ class BackendState:
         return {
             "name": self.name,
             "kind": self.backend.kind,
+            "lifecycle": self.lifecycle.value,
             "state": self.backend.state,
             "healthy": self.healthy and self.backend.ready,
             "routable": self.routable(),
@@ -78,6 +109,15 @@ class BackendState:
             "last_latency_ms": self.last_latency_ms,
             "priority": self.backend.config.priority,
             "models": list(self.backend.config.models),
+            "operations": sorted(self.backend.operations),
+            "health_checks": "active" if self.active_checks else "passive",
+            "in_flight": self.in_flight,
+            "concurrency": (
+                None
+                if self.gate is None
+                else {"max": self.gate.limit, "queue": self.gate.queue, "waiting": self.gate.waiting}
+            ),
+            "model_errors": dict(self.model_errors),
         }
 
 
@@ -108,8 +148,8 @@ async def check_once(state: BackendState) -> bool:
 async def health_loop(state: BackendState) -> None:
     """Check one backend forever at its configured interval (cancelled by the app's lifespan)."""
     cfg = state.backend.config.health
-    if not cfg.enabled:
-        return
+    if not state.active_checks:
+        return  # passive: health comes from real calls only
     while True:
         if state.backend.ready:
             try:

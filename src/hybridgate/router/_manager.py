@@ -1,4 +1,8 @@
-"""The backend manager: choose candidates for a request, try them in order, keep the stream contract."""
+"""The backend manager: choose candidates for a request, try them in order, keep the stream contract.
+
+It also owns the backends' lives: it starts and closes them, runs their health checks, and takes backends
+added and removed while serving (a cloud pod that became ready, one that stopped).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from hybridgate.backends import Backend, BackendError, BackendRequest
+from hybridgate.backends import Backend, BackendError, BackendModelMissingError, BackendRequest
+from hybridgate.config import BackendConfig
+from hybridgate.ledger._pricing import attempt_cost
 from hybridgate.protocol import (
     BadRequestError,
     Endpoint,
@@ -20,10 +26,17 @@ from hybridgate.protocol import (
     Usage,
     prompt_text,
 )
-from hybridgate.router._health import BackendState
+from hybridgate.router._capacity import QueueFull
+from hybridgate.router._health import BackendState, health_loop
 
 log = logging.getLogger("hybridgate.router")
 _T = TypeVar("_T")
+_R = TypeVar("_R")
+
+# What an attempt cost: the ledger's rule (prices x usage units), injectable for tests and embedders.
+Pricer = Callable[[BackendConfig, "Attempt"], float]
+# How often a request waiting for a warming backend looks again (a loading model flips a flag in a thread).
+_WARM_POLL_S = 0.02
 
 
 @dataclass(slots=True)
@@ -97,29 +110,125 @@ def _estimate_tokens(chars: int) -> int:
 
 
 class BackendManager:
-    """Owns the backends' health states and the routing rules. One per app, built at start."""
+    """Owns the backends, their health states and the routing rules. One per app.
 
-    def __init__(self, backends: Sequence[Backend], priority_override: Sequence[str] = ()) -> None:
+    Backends may be added and removed while serving: the model map is rebuilt and swapped whole, so a
+    request plans against one consistent view, and a removed backend drains (no new calls) before it closes.
+    """
+
+    def __init__(
+        self,
+        backends: Sequence[Backend],
+        priority_override: Sequence[str] = (),
+        *,
+        pricer: Pricer = attempt_cost,
+        warming_wait_s: float = 30.0,
+    ) -> None:
         self.states: dict[str, BackendState] = {b.name: BackendState(b) for b in backends}
-        override = [p.strip() for p in priority_override if p.strip()]
+        self._override = [p.strip() for p in priority_override if p.strip()]
         known = {b.name for b in backends} | {b.config.group for b in backends if b.config.group}
-        unknown = [p for p in override if p not in known]
+        unknown = [p for p in self._override if p not in known]
         if unknown:
             raise ValueError(
                 f"HYBRIDGATE_PRIORITY names {', '.join(unknown)}, which is neither a backend name nor a group "
                 f"(known: {', '.join(sorted(known))})"
             )
+        self.pricer = pricer
+        self.warming_wait_s = warming_wait_s
+        self._order = list(self.states)  # declaration order: the last tie-breaker
+        self.by_model: dict[str, list[BackendState]] = {}
+        self._rebuild()
+        self._health: dict[str, asyncio.Task[None]] = {}
+        self._started = False
 
-        def rank(item: tuple[int, Backend]) -> tuple[int, int, int]:
-            i, b = item
-            pos = next((k for k, p in enumerate(override) if p in (b.name, b.config.group)), len(override))
+    def _rebuild(self) -> None:
+        """Recompute the model map from the current backends and swap it in whole."""
+
+        def rank(item: tuple[int, BackendState]) -> tuple[int, int, int]:
+            i, st = item
+            b = st.backend
+            pos = next(
+                (k for k, p in enumerate(self._override) if p in (b.name, b.config.group)),
+                len(self._override),
+            )
             return (pos, b.config.priority, i)
 
-        ordered = [b for _, b in sorted(enumerate(backends), key=rank)]
-        self.by_model: dict[str, list[BackendState]] = {}
-        for b in ordered:
-            for public in b.config.models:
-                self.by_model.setdefault(public, []).append(self.states[b.name])
+        states = [self.states[n] for n in self._order if n in self.states]
+        by_model: dict[str, list[BackendState]] = {}
+        for st in [st for _, st in sorted(enumerate(states), key=rank)]:
+            for public in st.backend.config.models:
+                by_model.setdefault(public, []).append(st)
+        self.by_model = by_model
+
+    # --- ownership: start, close, add, remove -------------------------------------------------------
+    async def start(self) -> None:
+        """Start every backend (each returns quickly; slow loading goes on in the background) and its checks."""
+        self._started = True
+        for st in list(self.states.values()):
+            await st.backend.start()
+            self._watch(st)
+
+    async def close(self) -> None:
+        """Stop the health checks, then close every backend (each close is attempted, errors logged)."""
+        self._started = False
+        tasks = list(self._health.values())
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._health.clear()
+        for st in list(self.states.values()):
+            try:
+                await st.backend.close()
+            except Exception:
+                log.exception("backend %s failed to close", st.name)
+
+    def _watch(self, st: BackendState) -> None:
+        if st.active_checks:
+            self._health[st.name] = asyncio.create_task(health_loop(st), name=f"health:{st.name}")
+
+    async def add(self, backend: Backend) -> None:
+        """Add a backend while serving; it takes calls as soon as it is ready. Its name must be new."""
+        if backend.name in self.states:
+            raise ValueError(f"a backend named '{backend.name}' already exists")
+        st = BackendState(backend)
+        if self._started:
+            await backend.start()
+        self.states[backend.name] = st
+        self._order.append(backend.name)
+        self._rebuild()
+        if self._started:
+            self._watch(st)
+        log.info("backend %s added (models: %s)", backend.name, ", ".join(backend.config.models))
+
+    async def remove(self, name: str, *, drain_s: float = 30.0) -> None:
+        """Stop routing to a backend, let its calls in flight finish (at most `drain_s`), then close it."""
+        st = self.states.get(name)
+        if st is None:
+            raise KeyError(f"no backend named '{name}'")
+        st.draining = True
+        del self.states[name]
+        self._order.remove(name)
+        self._rebuild()
+        task = self._health.pop(name, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if st.in_flight:
+            st.drained = asyncio.Event()
+            try:
+                async with asyncio.timeout(drain_s):
+                    await st.drained.wait()
+            except TimeoutError:
+                pass
+        if st.in_flight:
+            log.warning(
+                "backend %s removed with %d calls still in flight after %gs", name, st.in_flight, drain_s
+            )
+        try:
+            await st.backend.close()
+        except Exception:
+            log.exception("backend %s failed to close", name)
+        log.info("backend %s removed", name)
 
     @property
     def backends(self) -> list[Backend]:
@@ -137,6 +246,15 @@ class BackendManager:
                 f"Available models: {', '.join(self.models()) or '(none)'}.",
                 param="model",
             )
+        if any(not st.backend.implements(call.endpoint) for st in candidates):
+            candidates = [st for st in candidates if st.backend.implements(call.endpoint)]
+            if not candidates:
+                raise BadRequestError(
+                    f"Model '{call.model}' does not support {call.endpoint}: no backend serving it implements "
+                    "that operation.",
+                    param="model",
+                    code="operation_not_supported",
+                )
         if call.forced is not None:
             st = self.states.get(call.forced)
             if st is None:
@@ -177,6 +295,33 @@ class BackendManager:
                 )
         return routable, skipped
 
+    async def _plan(self, call: Call) -> tuple[list[BackendState], list[Attempt]]:
+        """`plan`, but when nothing is routable yet something is on its way (a model loading, a pod
+        warming), wait for it up to `warming_wait_s` instead of failing at once."""
+        plan, skipped = self.plan(call)
+        if plan or call.forced is not None:
+            return plan, skipped
+        coming = [st for st in self.by_model.get(call.model, ()) if st.lifecycle.coming]
+        if not coming:
+            return plan, skipped
+        deadline = time.monotonic() + self.warming_wait_s
+        while time.monotonic() < deadline:
+            await asyncio.sleep(_WARM_POLL_S)
+            plan, skipped = self.plan(call)
+            if plan:
+                return plan, skipped
+            if not any(st.lifecycle.coming for st in self.by_model.get(call.model, ())):
+                return plan, skipped  # what was warming failed or went away: say so now
+        names = ", ".join(f"{st.name} ({st.lifecycle.value})" for st in coming)
+        retry = max(1, round(min(self.warming_wait_s, 30.0)))
+        raise UpstreamUnavailableError(
+            f"Every backend for model '{call.model}' is still starting ({names}); waited "
+            f"{self.warming_wait_s:g}s (server.warming_wait_s). Retry shortly.",
+            code="backends_warming",
+            headers={"Retry-After": str(retry)},
+            extra={"attempts": [_attempt_json(a) for a in skipped]},
+        )
+
     def _request(self, st: BackendState, call: Call) -> BackendRequest:
         body = dict(call.body)
         body["model"] = st.backend.config.models[call.model]
@@ -200,8 +345,7 @@ class BackendManager:
         )
 
     async def _finish(self, st: BackendState, call: Call, a: Attempt) -> None:
-        price = st.backend.config.price
-        a.cost_usd = price.cost(a.usage.prompt_tokens, a.usage.completion_tokens, a.duration_s)
+        a.cost_usd = self.pricer(st.backend.config, a)
         await call.hooks.after_attempt(st, a)
 
     async def _admit(
@@ -243,6 +387,15 @@ class BackendManager:
             error, status, unhealthy = f"timed out waiting for {waiting_for} after {limit_s:g}s", None, True
         except StopAsyncIteration:
             error, status, unhealthy = "stream ended before its first chunk", None, True
+        except BackendModelMissingError as e:
+            # The config maps this model to a name the backend does not serve: the operator's mistake, not
+            # the client's, and not the backend's health. Fall back; the reason shows in /health/backends.
+            st.model_errors[call.model] = e.message
+            error, status, unhealthy = (
+                f"misconfigured: does not serve the model this gateway maps '{call.model}' to",
+                e.status,
+                False,
+            )
         except BackendError as e:
             error, status, unhealthy = e.message, e.status, e.marks_unhealthy
             if not e.retryable:
@@ -277,14 +430,82 @@ class BackendManager:
 
     async def complete(self, call: Call) -> Result:
         """Run a non-streamed call with fallback. Raises GatewayError when nothing could answer."""
-        plan, attempts = self.plan(call)
+        return await self._run(call, self._complete_on)
+
+    async def open_stream(self, call: Call) -> Stream:
+        """Start a streamed call: fall back until one backend yields its first chunk."""
+        return await self._run(call, self._open_on)
+
+    async def _run(
+        self,
+        call: Call,
+        on: Callable[[BackendState, Call, list[Attempt]], Awaitable[_R | GatewayError | None]],
+    ) -> _R:
+        """Try the plan in order; a backend at its concurrency cap is skipped for the next one, and only
+        when every candidate was full or failed does the call queue for a slot on the full ones."""
+        plan, attempts = await self._plan(call)
         refusal: GatewayError | None = None
+        full: list[BackendState] = []
         for st in plan:
+            if st.draining:  # removed after this call planned
+                attempts.append(
+                    Attempt(st.name, st.backend.config.models[call.model], error=st.why_not_routable())
+                )
+                continue
+            if st.gate is not None and not st.gate.try_acquire():
+                full.append(st)
+                continue
+            out = await on(st, call, attempts)
+            if out is None:
+                continue
+            if isinstance(out, GatewayError):
+                refusal = refusal or out
+                continue
+            return out
+        for st in full:
+            if st.draining or not await self._queue(st, call, attempts):
+                continue
+            out = await on(st, call, attempts)
+            if out is None:
+                continue
+            if isinstance(out, GatewayError):
+                refusal = refusal or out
+                continue
+            return out
+        raise self._fail(call, attempts, refusal)
+
+    async def _queue(self, st: BackendState, call: Call, attempts: list[Attempt]) -> bool:
+        """Wait for a slot on a full backend; False (and a skipped attempt saying why) when none came."""
+        assert st.gate is not None
+        c = st.backend.config.concurrency
+        wait_s = c.queue_timeout_s if c is not None else st.backend.config.timeouts.first_byte_s
+        try:
+            await st.gate.acquire(wait_s)
+            return True
+        except QueueFull:
+            why = f"{st.gate.describe()}; queue full"
+        except TimeoutError:
+            why = f"{st.gate.describe()}; no slot within {wait_s:g}s"
+        attempts.append(Attempt(st.name, st.backend.config.models[call.model], error=why))
+        return False
+
+    def _release(self, st: BackendState) -> None:
+        st.in_flight -= 1
+        if st.gate is not None:
+            st.gate.release()
+        if st.draining and not st.in_flight and st.drained is not None:
+            st.drained.set()
+
+    async def _complete_on(
+        self, st: BackendState, call: Call, attempts: list[Attempt]
+    ) -> Result | GatewayError | None:
+        """One non-streamed attempt on `st` (whose slot the caller took): the Result, a refusal, or None."""
+        st.in_flight += 1
+        try:
             req = self._request(st, call)
             a = Attempt(st.name, req.body["model"])
             if (refused := await self._admit(st, call, req, a, attempts)) is not None:
-                refusal = refusal or refused
-                continue
+                return refused
             t0 = time.perf_counter()
             resp = await self._attempt(
                 st,
@@ -296,28 +517,32 @@ class BackendManager:
                 "the answer",
             )
             if resp is None:
-                continue
+                return None
             a.duration_s = time.perf_counter() - t0
             a.ok, a.status, a.usage = True, 200, resp.usage
             if resp.usage.estimated:
                 a.usage = _estimated_usage(call, resp.body)
             st.record_success()
+            if st.model_errors:
+                st.model_errors.pop(call.model, None)
             await self._finish(st, call, a)
             attempts.append(a)
             resp.body["model"] = call.model
             return Result(resp.body, st.name, attempts)
-        raise self._fail(call, attempts, refusal)
+        finally:
+            self._release(st)
 
-    async def open_stream(self, call: Call) -> Stream:
-        """Start a streamed call: fall back until one backend yields its first chunk."""
-        plan, attempts = self.plan(call)
-        refusal: GatewayError | None = None
-        for st in plan:
+    async def _open_on(
+        self, st: BackendState, call: Call, attempts: list[Attempt]
+    ) -> Stream | GatewayError | None:
+        """One streamed attempt on `st`, up to its first chunk; a Stream keeps the slot until settled."""
+        st.in_flight += 1
+        opened = False
+        try:
             req = self._request(st, call)
             a = Attempt(st.name, req.body["model"], streamed=True)
             if (refused := await self._admit(st, call, req, a, attempts)) is not None:
-                refusal = refusal or refused
-                continue
+                return refused
             t0 = time.perf_counter()
             it = st.backend.stream_batches(req).__aiter__()
             first = await self._attempt(
@@ -331,10 +556,13 @@ class BackendManager:
                 cleanup=functools.partial(_aclose, it),
             )
             if first is None:
-                continue
+                return None
             attempts.append(a)
+            opened = True
             return Stream(self, st, call, a, attempts, it, first, t0)
-        raise self._fail(call, attempts, refusal)
+        finally:
+            if not opened:
+                self._release(st)
 
 
 class ClientError(GatewayError):
@@ -427,8 +655,13 @@ class Stream:
         else:
             a.ok, a.status = True, 200
             self.state.record_success()
-        await _aclose(self._it)
-        await self._manager._finish(self.state, self.call, a)
+            if self.state.model_errors:
+                self.state.model_errors.pop(self.call.model, None)
+        try:
+            await _aclose(self._it)
+            await self._manager._finish(self.state, self.call, a)
+        finally:
+            self._manager._release(self.state)
 
 
 def _estimated_usage(call: Call, body: dict[str, Any] | None, chars: int | None = None) -> Usage:

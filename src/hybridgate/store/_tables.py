@@ -72,6 +72,11 @@ ledger = Table(
     Column("streamed", Boolean, nullable=False),
     Column("error", Text, nullable=True),
     Column("cost_usd", Float, nullable=False),
+    # Added by revision 0003: usage in units beyond tokens, and which operation the attempt ran.
+    Column("operation", String(32), nullable=True),
+    Column("images", Integer, nullable=False, server_default="0"),
+    Column("gpu_seconds", Float, nullable=False, server_default="0"),
+    Column("training_tokens", BigInteger, nullable=False, server_default="0"),
     Index("ix_ledger_key_id_ts", "key_id", "ts"),
     Index("ix_ledger_ts", "ts"),
 )

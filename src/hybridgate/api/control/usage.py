@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
 
-from hybridgate._asgi import Receive, Scope, Send, send_json
+from fastapi import APIRouter, Depends, Query, Request
+
+from hybridgate.auth import Principal
 from hybridgate.ledger import GROUPS, Ledger, usage_report
 from hybridgate.protocol import BadRequestError
+from hybridgate.protocol._control import ErrorResponse, UsageReport
 from hybridgate.store import parse_time
 
 
@@ -46,15 +50,32 @@ def parse_params(query: bytes) -> tuple[str, float | None, float | None]:
     return group_by, since, until
 
 
-async def handle(ledger: Ledger, scope: Scope, receive: Receive, send: Send, ctx: dict[str, Any]) -> None:
-    group_by, since, until = parse_params(scope.get("query_string", b""))
-    principal = ctx["principal"]
-    # A key sees only its own rows; the master key and the anonymous caller of an open gateway see all.
-    key_id = principal.key_id
-    await ledger.flush()  # so the report includes calls that finished a moment ago
-    report = await usage_report(ledger.store, group_by=group_by, since=since, until=until, key_id=key_id)
-    ctx["status"] = 200
-    await send_json(send, 200, report)
+def router(ledger: Ledger, principal: Callable[..., Awaitable[Principal]]) -> APIRouter:
+    r = APIRouter(prefix="/v1", tags=["usage"])
+
+    @r.get(
+        "/usage",
+        response_model=UsageReport,
+        response_model_exclude_unset=True,
+        summary="Requests, usage units and cost, grouped; a key sees only its own",
+        responses={400: {"model": ErrorResponse}},
+    )
+    async def usage(
+        request: Request,
+        p: Principal = Depends(principal),
+        group_by: str | None = Query(None, description=f"One of {', '.join(GROUPS)} (default: model)"),
+        from_: str | None = Query(
+            None, alias="from", description="Start: a date, datetime, epoch seconds, or a duration ago (7d)"
+        ),
+        to: str | None = Query(None, description="End (exclusive), in the same forms"),
+    ) -> dict[str, Any]:
+        # The declared parameters document the route; the raw query is parsed once, strictly, here.
+        group, since, until = parse_params(request.scope.get("query_string", b""))
+        # A key sees only its own rows; the master key and the anonymous caller of an open gateway see all.
+        await ledger.flush()  # so the report includes calls that finished a moment ago
+        return await usage_report(ledger.store, group_by=group, since=since, until=until, key_id=p.key_id)
+
+    return r
 
 
-__all__ = ["handle", "parse_params"]
+__all__ = ["parse_params", "router"]

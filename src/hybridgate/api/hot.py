@@ -1,22 +1,22 @@
-"""POST /v1/chat/completions and /v1/completions: validate, route, answer (JSON or SSE)."""
+"""The hot path's HTTP binding: POST /v1/chat/completions and /v1/completions as raw ASGI.
+
+The work is `serving.InferenceService`'s; this module reads the body, and writes the answer as JSON or
+SSE, one write per group of chunks the backend sent, the cost in a header or a trailing SSE comment.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-import os
-from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from hybridgate._asgi import SSE_DONE, SSE_HEADERS, Receive, Scope, Send, header, send_bytes, sse
+from hybridgate._asgi import SSE_DONE, SSE_HEADERS, Receive, Scope, Send, header, read_body, send_bytes, sse
+from hybridgate.auth import Principal
 from hybridgate.backends import BackendError, Batch
-from hybridgate.protocol import Endpoint, PermissionDeniedError, parse_request
-from hybridgate.router import Attempt, Call, Result, Stream
-
-if TYPE_CHECKING:
-    from hybridgate.api.app import Gateway
+from hybridgate.protocol import Operation
+from hybridgate.router import Result, Stream
+from hybridgate.serving import InferenceService, RequestContext, attempt_headers
 
 log = logging.getLogger("hybridgate.api")
 
@@ -24,85 +24,78 @@ log = logging.getLogger("hybridgate.api")
 WATCH_AFTER_S = 0.05
 
 
-def _headers(
-    backend: str | None, attempts: list[Attempt], cost: float | None, request_id: str
-) -> list[tuple[bytes, bytes]]:
-    h = [
-        (b"x-request-id", request_id.encode()),
-        (b"x-hybridgate-attempts", str(sum(1 for a in attempts if a.reached_backend)).encode()),
-    ]
-    if backend is not None:
-        h.append((b"x-hybridgate-backend", backend.encode()))
-    if cost is not None:
-        h.append((b"x-hybridgate-cost-usd", f"{cost:.8f}".encode()))
-    return h
+class InferenceRoutes:
+    """The two hot routes over one InferenceService."""
 
+    __slots__ = ("limit", "service")
 
-async def handle(
-    gw: Gateway,
-    endpoint: Endpoint,
-    scope: Scope,
-    receive: Receive,
-    send: Send,
-    raw: bytes,
-    ctx: dict[str, Any],
-) -> None:
-    body, req = parse_request(raw, endpoint)
-    principal = ctx["principal"]
-    allowed = getattr(principal, "allowed_models", None)
-    if allowed and req.model not in allowed:
-        raise PermissionDeniedError(
-            f"This API key may not use model '{req.model}'; it may use: {', '.join(allowed)}.", param="model"
+    def __init__(self, service: InferenceService, max_body_bytes: int) -> None:
+        self.service = service
+        self.limit = max_body_bytes
+
+    async def chat(
+        self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext, principal: Principal
+    ) -> None:
+        await self._handle(Operation.CHAT, scope, receive, send, ctx, principal)
+
+    async def completions(
+        self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext, principal: Principal
+    ) -> None:
+        await self._handle(Operation.COMPLETIONS, scope, receive, send, ctx, principal)
+
+    async def _handle(
+        self,
+        operation: Operation,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        ctx: RequestContext,
+        principal: Principal,
+    ) -> None:
+        raw = await read_body(scope, receive, self.limit)
+        p = self.service.prepare(
+            operation,
+            raw,
+            principal,
+            ctx.request_id,
+            forced=header(scope, b"x-hybridgate-backend"),
+            preferred=header(scope, b"x-hybridgate-prefer"),
         )
-    call = Call(
-        endpoint=endpoint,
-        body=body,
-        model=req.model,
-        max_tokens=req.limit(),
-        forced=header(scope, b"x-hybridgate-backend"),
-        preferred=header(scope, b"x-hybridgate-prefer"),
-        hooks=gw.hooks_for(principal, ctx),
-    )
-    ctx["model"] = req.model
-    if req.stream:
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        stream = await gw.manager.open_stream(call)
-        ctx["attempts"] = stream.attempts
-        await _stream(gw, stream, include_usage, scope, receive, send, ctx)
-    else:
-        result = await gw.manager.complete(call)
-        ctx["attempts"] = result.attempts
-        ctx["backend"] = result.backend
-        await _answer(gw, result, send, ctx)
+        ctx.model = p.call.model
+        if p.stream:
+            stream = await self.service.open_stream(p.call)
+            ctx.attempts = stream.attempts
+            await _stream(stream, p.include_usage, receive, send, ctx)
+        else:
+            result = await self.service.complete(p.call)
+            ctx.attempts = result.attempts
+            ctx.backend = result.backend
+            await _answer(result, send, ctx)
 
 
-async def _answer(gw: Gateway, result: Result, send: Send, ctx: dict[str, Any]) -> None:
-    cost = result.cost_usd
+async def _answer(result: Result, send: Send, ctx: RequestContext) -> None:
     hdrs = [
         (b"content-type", b"application/json"),
-        *_headers(result.backend, result.attempts, cost, ctx["request_id"]),
+        *attempt_headers(result.backend, result.attempts, result.cost_usd, ctx.request_id),
     ]
-    ctx["status"] = 200
+    ctx.status = 200
     await send_bytes(send, 200, orjson.dumps(result.body), hdrs)
 
 
 async def _stream(
-    gw: Gateway,
-    stream: Stream,
-    include_usage: bool,
-    scope: Scope,
-    receive: Receive,
-    send: Send,
-    ctx: dict[str, Any],
+    stream: Stream, include_usage: bool, receive: Receive, send: Send, ctx: RequestContext
 ) -> None:
     model = stream.call.model
-    ctx["backend"] = stream.backend
-    ctx["status"] = 200
+    ctx.backend = stream.backend
+    ctx.status = 200
     await send(
         {
             "type": "http.response.start",
             "status": 200,
-            "headers": [*SSE_HEADERS, *_headers(stream.backend, stream.attempts, None, ctx["request_id"])],
+            "headers": [
+                *SSE_HEADERS,
+                *attempt_headers(stream.backend, stream.attempts, None, ctx.request_id),
+            ],
         }
     )
     # A client that goes away must free the backend promptly, even while we wait for its next token. Most
@@ -126,19 +119,11 @@ async def _stream(
     timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, start_watching)
     error: BaseException | None = None
     held = b""  # the last group, when the backend said the stream ended with it: written with the tail
+    shape = InferenceService.shape
     try:
         # One write per group the backend received: a syscall per event would cost more than the rest.
         async for batch in stream.batches():
-            out = []
-            for chunk in batch:
-                chunk["model"] = model
-                if "usage" in chunk:
-                    if not chunk.get("choices"):
-                        if not include_usage:
-                            continue
-                    elif not include_usage:
-                        del chunk["usage"]
-                out.append(sse(chunk))
+            out = [sse(chunk) for chunk in shape(batch, model, include_usage)]
             if isinstance(batch, Batch) and batch.last:
                 held = b"".join(out)
             elif out:
@@ -149,8 +134,8 @@ async def _stream(
         msg = e.message if isinstance(e, BackendError) else "internal gateway error"
         if not isinstance(e, BackendError):
             log.exception("stream from %s failed unexpectedly", stream.backend)
-        ctx["status"] = 502
-        ctx["stream_error"] = msg
+        ctx.status = 502
+        ctx.stream_error = msg
         await send(
             {
                 "type": "http.response.body",
@@ -174,7 +159,7 @@ async def _stream(
             raise
         if task is not None:
             task.uncancel()
-        ctx["status"] = 499
+        ctx.status = 499
         await asyncio.shield(stream.settle(client_gone=True))
         return
     finally:
@@ -188,10 +173,4 @@ async def _stream(
     await send({"type": "http.response.body", "body": tail, "more_body": False})
 
 
-_ID_PREFIX = os.urandom(4).hex()
-_ids = itertools.count(1)
-
-
-def request_id(scope: Scope) -> str:
-    """The client's X-Request-Id, or a process-unique one (no syscall per request, unlike os.urandom)."""
-    return header(scope, b"x-request-id") or f"{_ID_PREFIX}{next(_ids):08x}"
+__all__ = ["WATCH_AFTER_S", "InferenceRoutes"]

@@ -1,0 +1,54 @@
+"""GET /health (liveness: no backend calls), GET /health/backends (the router's view), GET /metrics."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.responses import Response
+
+from hybridgate import __version__
+from hybridgate.observability import Metrics
+from hybridgate.protocol._control import BackendsHealth, Liveness
+from hybridgate.router import BackendManager
+
+
+def liveness(started_at: float) -> dict[str, Any]:
+    return {"status": "ok", "version": __version__, "uptime_s": round(time.time() - started_at, 1)}
+
+
+def backends(manager: BackendManager) -> dict[str, Any]:
+    snaps = [s.snapshot() for s in list(manager.states.values())]
+    return {"status": "ok" if any(s["routable"] for s in snaps) else "degraded", "backends": snaps}
+
+
+def router(manager: BackendManager, started_at: Callable[[], float], metrics: Metrics) -> APIRouter:
+    r = APIRouter(tags=["health"])
+
+    @r.get("/health", response_model=Liveness, summary="Liveness: the process answers (no backend is called)")
+    async def health() -> dict[str, Any]:
+        return liveness(started_at())
+
+    @r.get(
+        "/health/backends",
+        response_model=BackendsHealth,
+        summary="Each backend's lifecycle, health, load and why it is not routable",
+    )
+    async def health_backends() -> dict[str, Any]:
+        return backends(manager)
+
+    @r.get(
+        "/metrics",
+        response_class=Response,
+        summary="Prometheus metrics",
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return r
+
+
+__all__ = ["backends", "liveness", "router"]
