@@ -32,6 +32,20 @@ bodies; their answers carry `x-hybridgate-backend`, `x-hybridgate-attempts` and 
 Every error, on every route, is `{"error": {"message", "type", "param", "code"}}`.
 """
 
+# One server-sent event of a streamed answer. OpenAPI 3.1 has no `itemSchema` (3.2 has), so tools such as
+# schemathesis read an event stream's `schema` as each event's, parsed into these fields.
+SSE_EVENT: dict[str, Any] = {
+    "type": "object",
+    "description": "One event: `data` is a JSON chunk; the last event's is `[DONE]`",
+    "properties": {
+        "data": {"type": "string"},
+        "event": {"type": "string"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+    "required": ["data"],
+}
+
 # The hot routes: answered by the raw-ASGI dispatcher before this app; listed here for 405s and the docs.
 HOT: dict[str, type[BaseModel]] = {
     "/v1/chat/completions": ChatCompletionRequest,
@@ -67,8 +81,10 @@ def build(gw: Gateway) -> FastAPI:
     principal = _deps.caller(gw.auth)
     master = _deps.master(gw.auth, gw.keys)
     app.include_router(health.router(gw.manager, lambda: gw.started_at, gw.metrics))
-    app.include_router(models.router(gw.manager, lambda: gw.started_at, principal))
-    app.include_router(usage.router(gw.ledger, principal))
+    app.include_router(
+        models.router(gw.manager, lambda: gw.started_at, principal), responses=_deps.UNAUTHENTICATED
+    )
+    app.include_router(usage.router(gw.ledger, principal), responses=_deps.UNAUTHENTICATED)
     app.include_router(admin.router(KeyStore(gw.store), gw.keys, gw.manager.models, master))
     anchor = _HotAnchor(gw)
     for path in HOT:
@@ -81,6 +97,7 @@ def build(gw: Gateway) -> FastAPI:
                 title=app.title, version=app.version, description=app.description, routes=app.routes
             )
             _add_hot_routes(schema)
+            _errors.document(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -124,7 +141,7 @@ def _add_hot_routes(schema: dict[str, Any]) -> None:
                         "with `data: [DONE]`",
                         "content": {
                             "application/json": {"schema": {"type": "object"}},
-                            "text/event-stream": {"schema": {"type": "string"}},
+                            "text/event-stream": {"schema": SSE_EVENT},
                         },
                     },
                     **{

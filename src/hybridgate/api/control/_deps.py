@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from hybridgate.auth import Authenticator, KeyCache, Principal, bearer_token
 from hybridgate.protocol import AuthenticationError, PermissionDeniedError
+from hybridgate.protocol._control import ErrorResponse
 
 # Only so /docs offers "Authorize" and /openapi.json names the scheme; the header is checked below.
 bearer = HTTPBearer(auto_error=False, description="An API key, or the master key (HYBRIDGATE_MASTER_KEY)")
+
+# What `caller` answers instead of the route, for the `responses` of every router that depends on it.
+UNAUTHENTICATED: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "Missing or invalid API key"}
+}
 
 
 def caller(auth: Authenticator) -> Callable[..., Awaitable[Principal]]:
@@ -54,4 +61,4 @@ def master(auth: Authenticator, cache: KeyCache) -> Callable[..., Awaitable[None
     return require_master
 
 
-__all__ = ["bearer", "caller", "master"]
+__all__ = ["UNAUTHENTICATED", "bearer", "caller", "master"]

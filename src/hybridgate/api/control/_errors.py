@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
+from starlette.routing import Match, Mount
 
 from hybridgate.protocol import GatewayError, error_body
 
@@ -32,6 +33,36 @@ def _param(loc: tuple[Any, ...]) -> str:
     return out or "body"
 
 
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _allowed(request: Request) -> str:
+    """Every method some route takes on this path. Starlette's 405 names only the first matching route's,
+    and FastAPI makes one route per method (GET and POST /admin/keys), so every route is asked about each."""
+    routes = [r for r in request.app.router.routes if not isinstance(r, Mount)]  # a mount takes any method
+    return ", ".join(
+        m for m in _METHODS if any(r.matches({**request.scope, "method": m})[0] is Match.FULL for r in routes)
+    )
+
+
+def document(schema: dict[str, Any]) -> None:
+    """Make /openapi.json say what `install` sends: a validation error is a 400 in OpenAI's shape, never
+    FastAPI's default 422 `{"detail": [...]}`. Needs ErrorResponse in the components already."""
+    invalid = {
+        "description": "Invalid request",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+    }
+    for ops in schema.get("paths", {}).values():
+        for op in ops.values():
+            responses = op.get("responses", {})
+            if responses.pop("422", None) is not None:
+                responses.setdefault("400", invalid)
+                op["responses"] = dict(sorted(responses.items()))
+    components = schema.get("components", {}).get("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):  # FastAPI's, only for the 422s just removed
+        components.pop(name, None)
+
+
 def install(app: FastAPI, known_paths: str) -> None:
     """Register the handlers that keep every answer in OpenAI's error shape."""
 
@@ -52,6 +83,7 @@ def install(app: FastAPI, known_paths: str) -> None:
     async def on_http(request: Request, e: Exception) -> Response:
         assert isinstance(e, HTTPException)
         path, method = request.url.path, request.method
+        headers = dict(e.headers or {})
         if e.status_code == 404:
             body = error_body(
                 f"Unknown path {path}. This gateway serves {known_paths}; see /docs.",
@@ -60,7 +92,9 @@ def install(app: FastAPI, known_paths: str) -> None:
                 "not_found",
             )
         elif e.status_code == 405:
-            allow = (e.headers or {}).get("Allow", "")
+            allow = _allowed(request) or headers.get("Allow", "")
+            if allow:
+                headers["Allow"] = allow
             body = error_body(
                 f"Method {method} is not allowed on {path} (allowed: {allow}).",
                 "invalid_request_error",
@@ -70,7 +104,7 @@ def install(app: FastAPI, known_paths: str) -> None:
         else:
             kind = "invalid_request_error" if e.status_code < 500 else "server_error"
             body = error_body(str(e.detail), kind, None, None)
-        return error_response(e.status_code, body, dict(e.headers or {}))
+        return error_response(e.status_code, body, headers)
 
     async def on_bug(request: Request, e: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=e)
@@ -83,4 +117,4 @@ def install(app: FastAPI, known_paths: str) -> None:
     app.add_exception_handler(Exception, on_bug)
 
 
-__all__ = ["error_response", "gateway_error_response", "install"]
+__all__ = ["document", "error_response", "gateway_error_response", "install"]
