@@ -1,0 +1,38 @@
+"""The `hybridgate` command line. Exit codes: 0 ok, 1 failure, 2 unreachable/infrastructure, 3 bad input/config.
+
+One module per command group; this one builds the `app` and registers their commands on it.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from hybridgate.cli import check, db, drift, keys, mock, serve, usage
+from hybridgate.cli._common import _Group
+
+app = typer.Typer(
+    cls=_Group,
+    name="hybridgate",
+    help="A self-hosted, OpenAI-compatible AI gateway: routing, fallback, cost accounting, cheap honest tests.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+app.command()(serve.serve)
+app.command("mock-server")(mock.mock_server)
+app.add_typer(keys.keys_app, name="keys")
+app.add_typer(db.db_app, name="db")
+app.command("usage")(usage.usage_cmd)
+app.command()(check.check)
+app.command()(check.wait)
+app.command()(drift.drift)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,124 @@
+"""What every command shares: exit codes, the error exit, config loading, the database runner, output
+helpers and the option types several commands take.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional, TypeVar
+
+import typer
+import typer.core
+
+from hybridgate.config import Config, ConfigError, load_config
+from hybridgate.store import Store, StoreError
+
+EXIT_UNREACHABLE = 2
+EXIT_CONFIG = 3
+T = TypeVar("T")
+
+
+try:  # newer typer vendors click; its usage errors are typer._click's, not click's
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+except ImportError:  # pragma: no cover - typer that still uses click itself
+    from click.exceptions import NoArgsIsHelpError, UsageError  # type: ignore[assignment]
+
+
+class _Group(typer.core.TyperGroup):
+    """Bad arguments exit 3, not click's 2: in this CLI, 2 means something was unreachable."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().make_context(*args, **kwargs)
+        except UsageError as e:
+            _usage_exit(e)
+            raise
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UsageError as e:
+            _usage_exit(e)
+            raise
+
+
+def _usage_exit(e: UsageError) -> None:
+    if not isinstance(e, NoArgsIsHelpError):
+        e.exit_code = EXIT_CONFIG
+
+
+ConfigOpt = Annotated[
+    Optional[Path],  # noqa: UP045 - typer needs Optional here
+    typer.Option(
+        "--config", "-c", help="YAML config file (default: the embedded default: SQLite, mock backend)."
+    ),
+]
+OutputOpt = Annotated[str, typer.Option("--output", "-o", help="table or json.")]
+TextOrJson = Annotated[str, typer.Option("--output", "-o", help="text (a table) or json.")]
+
+
+def fail(message: str, code: int = EXIT_CONFIG) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code)
+
+
+def load_or_exit(path: Path | None) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        raise fail(str(e)) from None
+
+
+def uvicorn_kwargs() -> dict[str, Any]:
+    kw: dict[str, Any] = {"log_level": "warning", "access_log": False, "timeout_graceful_shutdown": 10}
+    try:
+        import uvloop  # noqa: F401
+
+        kw["loop"] = "uvloop"
+    except ImportError:
+        pass
+    try:
+        import httptools  # noqa: F401
+
+        kw["http"] = "httptools"
+    except ImportError:
+        pass
+    return kw
+
+
+def with_store(cfg: Config, fn: Callable[[Store], Awaitable[T]]) -> T:
+    """Open (and migrate) the config's database, run `fn` on it, close it. Unreachable: exit 2."""
+
+    async def go() -> T:
+        store = Store(cfg.database)
+        try:
+            await store.open()
+            return await fn(store)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(go())
+    except StoreError as e:
+        raise fail(str(e), EXIT_UNREACHABLE) from None
+
+
+def print_rich(renderable: object) -> None:
+    """Print with rich; piped or redirected, wide enough that ids are never cut short."""
+    from rich.console import Console
+
+    (Console() if sys.stdout.isatty() else Console(width=200)).print(renderable)
+
+
+def check_output(output: str) -> None:
+    if output not in ("table", "json"):
+        raise fail(f"--output must be table or json, not '{output}'")
+
+
+def text_or_json(output: str) -> str:
+    if output not in ("text", "json"):
+        raise fail(f"--output must be text or json, not '{output}'")
+    return output
