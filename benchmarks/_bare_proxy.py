@@ -28,7 +28,7 @@ class BareProxy:
 
     async def _start(self) -> None:
         if self.client_kind == "hybridgate":
-            from hybridgate.backends import _http
+            from hybridgate import transport as _http
 
             self._client = _http.HTTPClient()
             self._origin, self._base = _http.Origin.split(self.upstream)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from hybridgate.backends._http import (
+from hybridgate.transport import (
     ConnectError,
     ConnectionDropped,
     ConnectTimeout,

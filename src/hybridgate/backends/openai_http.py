@@ -8,7 +8,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
-from hybridgate.backends import _http
+from hybridgate import transport as _http
 from hybridgate.backends._base import (
     Backend,
     BackendConnectError,
