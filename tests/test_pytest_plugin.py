@@ -8,7 +8,8 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from hybridgate.testing.budget import (
+from hybridgate.testing.procs import Proc, start_mock_server
+from hybridgate.testing.spend.budget import (
     BudgetExceeded,
     BudgetLedger,
     Meter,
@@ -18,7 +19,6 @@ from hybridgate.testing.budget import (
     metered_http_client,
     parse_prices,
 )
-from hybridgate.testing.procs import Proc, start_mock_server
 
 pytest_plugins = ["pytester"]
 

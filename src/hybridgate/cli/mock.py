@@ -38,7 +38,7 @@ def mock_server(
     import uvicorn
 
     from hybridgate.backends.mock import MockBehaviour
-    from hybridgate.testing.mock_server import MockServer
+    from hybridgate.testing.mocks.openai import MockServer
 
     try:
         behaviour = MockBehaviour()

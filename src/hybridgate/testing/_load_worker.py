@@ -3,7 +3,8 @@
 It is a process of its own because importing Locust monkey-patches the standard library with gevent; the
 caller (`hybridgate check`, or a pytest session) keeps its threads, sockets and asyncio untouched.
 Usage: python -m hybridgate.testing._load_worker RESULT.json < SPEC.json
-Imports nothing from hybridgate, so nothing is imported before gevent patches it.
+Imports nothing from hybridgate, so nothing is imported before gevent patches it; that is also why it sits
+here and not in check/, whose package imports httpx (and ssl) before this module could run.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
-from hybridgate.testing.budget import (
+from hybridgate.testing.spend.budget import (
     FREE,
     BudgetError,
     BudgetLedger,
@@ -398,7 +398,7 @@ def openai_client_factory(
     """
     import openai
 
-    from hybridgate.testing._budget_http import metered_http_client
+    from hybridgate.testing.spend._budget_http import metered_http_client
 
     clients: list[Any] = []
     forbid = _tier_forbids_paid(request.node)

@@ -321,7 +321,7 @@ class Meter:
 def __getattr__(name: str) -> Any:
     # The transports need httpx; importing it lazily keeps the pytest plugin's start-up light for every run.
     if name in ("BudgetTransport", "AsyncBudgetTransport", "metered_http_client"):
-        from hybridgate.testing import _budget_http
+        from hybridgate.testing.spend import _budget_http
 
         return getattr(_budget_http, name)
     raise AttributeError(name)

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from hybridgate.testing.budget import Meter, Reservation, _find_usage
+from hybridgate.testing.spend.budget import Meter, Reservation, _find_usage
 
 
 class _UsageScanner:
