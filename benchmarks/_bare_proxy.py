@@ -3,7 +3,7 @@
 No auth, no parsing, no routing, no accounting: the request body goes to the upstream as is, and the
 answer (JSON, or SSE passed through chunk by chunk) comes back as is. `--client httpx` swaps in a pooled
 httpx.AsyncClient, and `--client hybridgate` the gateway's own upstream client
-(hybridgate.backends._http), to measure the clients against each other.
+(hybridgate.transport), to measure the clients against each other.
 Run: python benchmarks/_bare_proxy.py --port N --upstream http://127.0.0.1:M [--workers N] [--client K]
 """
 

@@ -1,4 +1,4 @@
-"""The upstream HTTP client (hybridgate.backends._http) against real loopback servers writing exact bytes."""
+"""The upstream HTTP client (hybridgate.transport) against real loopback servers writing exact bytes."""
 
 from __future__ import annotations
 

@@ -299,6 +299,39 @@ def test_falls_back_to_the_mock_while_the_model_loads(tmp_path: Path) -> None:
         proc.stop()
 
 
+@needs_model
+def test_the_first_request_after_start_waits_for_the_model_instead_of_failing(tmp_path: Path) -> None:
+    """Right after /health says alive, the model is still loading: the canary waits for it and succeeds."""
+    proc = start_gateway({"backends": [local_backend(load_delay_s=2)]}, workdir=tmp_path)
+    try:
+        assert backends(proc)["local"]["lifecycle"] == "warming"  # /health answered before the model loaded
+        t0 = time.monotonic()
+        r = client(proc).chat.completions.with_raw_response.create(model=MODEL, messages=MSG, temperature=0)
+        assert (
+            r.headers["x-hybridgate-backend"] == "local" and "Paris" in r.parse().choices[0].message.content
+        )
+        assert time.monotonic() - t0 >= 0.5  # it did wait
+        assert backends(proc)["local"]["lifecycle"] == "ready"
+    finally:
+        proc.stop()
+
+
+@needs_model
+def test_past_the_warming_bound_the_answer_is_503_with_retry_after(tmp_path: Path) -> None:
+    proc = start_gateway(
+        {"server": {"warming_wait_s": 0.5}, "backends": [local_backend(load_delay_s=30)]}, workdir=tmp_path
+    )
+    try:
+        r = httpx.post(
+            proc.base_url + "/chat/completions", json={"model": MODEL, "messages": MSG}, timeout=30
+        )
+        assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
+        err = r.json()["error"]
+        assert err["code"] == "backends_warming" and "local (warming)" in err["message"]
+    finally:
+        proc.stop()
+
+
 @needs_llama
 def test_missing_or_corrupt_model_file_fails_clearly_while_the_rest_serves(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere" / "model.gguf"

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from hybridgate.config import BackendConfig
 from hybridgate.protocol import Endpoint, Operation, Usage
@@ -142,7 +142,16 @@ class Backend(ABC):
         self.config = config
         self.name = config.name
         self.kind: str = config.kind
-        self.options: Any = self.parse_options(config)
+        try:
+            self.options: Any = self.parse_options(config)
+        except ValidationError as e:
+            errs = "; ".join(
+                f"options.{'.'.join(str(p) for p in err['loc']) or '<all>'}: {err['msg']}"
+                for err in e.errors()
+            )
+            raise ValueError(
+                f"backend '{config.name}' (kind {config.kind}) has invalid options: {errs}"
+            ) from None
 
     @classmethod
     def parse_options(cls, config: BackendConfig) -> BaseModel:
@@ -188,6 +197,10 @@ class Backend(ABC):
         """
         async for chunk in self.stream(req):
             yield [chunk]
+
+    async def served_models(self) -> list[str] | None:
+        """The backend's own model names it says it serves, for a check at start; None: cannot tell."""
+        return None
 
     @abstractmethod
     async def check_health(self) -> None:

@@ -9,8 +9,6 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from pydantic import ValidationError
-
 if TYPE_CHECKING:
     from hybridgate.backends._base import Backend
     from hybridgate.config import BackendConfig
@@ -42,15 +40,7 @@ def build_backend(config: BackendConfig) -> Backend:
         cls = adapter_class(config.kind)
     except ValueError as e:
         raise ValueError(f"backend '{config.name}': {e}") from None
-    try:
-        return cls(config)
-    except ValidationError as e:
-        errs = "; ".join(
-            f"options.{'.'.join(str(p) for p in err['loc']) or '<all>'}: {err['msg']}" for err in e.errors()
-        )
-        raise ValueError(
-            f"backend '{config.name}' (kind {config.kind}) has invalid options: {errs}"
-        ) from None
+    return cls(config)  # Backend.__init__ validates the options: ValueError naming backend and field
 
 
 __all__ = ["KINDS", "adapter_class", "build_backend"]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
+from pydantic import BaseModel, ConfigDict, Field
 
 from hybridgate import transport as _http
 from hybridgate.backends._base import (
@@ -14,6 +16,7 @@ from hybridgate.backends._base import (
     BackendConnectError,
     BackendError,
     BackendHTTPError,
+    BackendModelMissingError,
     BackendRequest,
     BackendResponse,
     BackendStreamError,
@@ -24,6 +27,29 @@ from hybridgate.config import BackendConfig
 from hybridgate.protocol import Usage
 
 _PATHS = {"chat": "/chat/completions", "completions": "/completions"}
+# How OpenAI, vLLM, Ollama and others say a model is not served (with 404, or OpenAI's code).
+_MODEL_MISSING = re.compile(r"model\b.*\b(does not exist|not found|not exist|is not served|unknown)", re.I)
+
+
+class OpenAIOptions(BaseModel):
+    """`options` of an openai backend."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # At start, GET {base_url}/models and warn about mapped models the server does not list (free: a GET).
+    check_models: bool = True
+    # Most connections open to the server at once; a burst waits for one instead of opening more.
+    # Unset: `concurrency.max` when set, else no cap.
+    max_connections: int | None = Field(None, ge=1)
+
+
+def _model_missing(status: int, payload: Any, message: str) -> bool:
+    """Whether an error answer says the requested model is not served (the config maps it wrong)."""
+    err = payload.get("error") if isinstance(payload, dict) else None
+    code = err.get("code") if isinstance(err, dict) else None
+    if code == "model_not_found":
+        return True
+    return status == 404 and bool(_MODEL_MISSING.search(message))
 
 
 def health_url(base_url: str, path: str) -> str:
@@ -43,14 +69,19 @@ def _error_message(status: int, payload: Any, text: str) -> str:
 
 
 class OpenAIBackend(Backend):
+    """Any OpenAI-compatible HTTP server: vLLM, llama.cpp's server, Ollama, OpenAI itself."""
+
     enforces_timeouts = True
+    Options = OpenAIOptions
 
     def __init__(self, config: BackendConfig) -> None:
         super().__init__(config)
-        assert config.base_url
+        if not config.base_url:
+            raise ValueError(f"backend '{config.name}' of kind openai needs a base_url")
         self.base_url = config.base_url
         self._origin, base_path = _http.Origin.split(config.base_url)
         self._targets = {ep: base_path.rstrip("/") + p for ep, p in _PATHS.items()}
+        self._models_target = base_path.rstrip("/") + "/models"
         self._health_url = health_url(config.base_url, config.health.path)
         self._health_origin, self._health_target = _http.Origin.split(self._health_url)
         # Header lines sent with every call, encoded once. Identity: a compressed stream would be held back
@@ -75,7 +106,9 @@ class OpenAIBackend(Backend):
         self._client: _http.HTTPClient | None = None
 
     async def start(self) -> None:
-        self._client = _http.HTTPClient(keepalive_s=60.0)
+        c = self.config.concurrency
+        cap = self.options.max_connections or (c.max if c is not None else None)
+        self._client = _http.HTTPClient(keepalive_s=60.0, max_connections_per_origin=cap)
 
     async def close(self) -> None:
         if self._client is not None:
@@ -137,9 +170,10 @@ class OpenAIBackend(Backend):
                 payload = orjson.loads(raw) if raw else None
             except orjson.JSONDecodeError:
                 payload = None
-            raise BackendHTTPError(
-                _error_message(resp.status, payload, text), status=resp.status, body=payload
-            )
+            message = _error_message(resp.status, payload, text)
+            if _model_missing(resp.status, payload, message):
+                raise BackendModelMissingError(message, status=resp.status, body=payload)
+            raise BackendHTTPError(message, status=resp.status, body=payload)
         return resp
 
     async def complete(self, req: BackendRequest) -> BackendResponse:
@@ -194,6 +228,28 @@ class OpenAIBackend(Backend):
                 resp.release()
         if not done:
             raise BackendStreamError("stream ended without [DONE] (connection closed early)")
+
+    async def served_models(self) -> list[str] | None:
+        """The model ids the server lists at {base_url}/models; None when it cannot tell (or not asked)."""
+        if not self.options.check_models:
+            return None
+        try:
+            resp = await self.client.request(
+                self._origin, "GET", self._models_target, self._headers, timeouts=self._health_timeouts
+            )
+            try:
+                raw = await resp.read()
+            finally:
+                resp.release()
+        except _http.HTTPClientError:
+            return None
+        if resp.status != 200:
+            return None
+        try:
+            data = orjson.loads(raw).get("data")
+            return [str(m["id"]) for m in data if isinstance(m, dict) and "id" in m]
+        except (orjson.JSONDecodeError, AttributeError, TypeError):
+            return None
 
     async def check_health(self) -> None:
         h = self.config.health

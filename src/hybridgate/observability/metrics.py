@@ -10,6 +10,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
+# The lifecycle states a backend can be in (hybridgate.backends.Lifecycle); one series each, 1 for the current.
+LIFECYCLE_STATES = ("stopped", "provisioning", "warming", "ready", "draining", "failed")
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
@@ -28,11 +30,24 @@ class _HealthCollector(Collector):
             "Consecutive failed calls or checks",
             labels=["backend"],
         )
+        lifecycle = GaugeMetricFamily(
+            "hybridgate_backend_lifecycle",
+            "1 for the lifecycle state the backend is in (stopped, provisioning, warming, ready, draining, failed)",
+            labels=["backend", "state"],
+        )
+        in_flight = GaugeMetricFamily(
+            "hybridgate_backend_in_flight", "Calls running on the backend now", labels=["backend"]
+        )
         for s in self._snapshot():
             healthy.add_metric([s["name"]], 1.0 if s["healthy"] else 0.0)
             failures.add_metric([s["name"]], float(s["consecutive_failures"]))
+            for state in LIFECYCLE_STATES:
+                lifecycle.add_metric([s["name"], state], 1.0 if s.get("lifecycle") == state else 0.0)
+            in_flight.add_metric([s["name"]], float(s.get("in_flight", 0)))
         yield healthy
         yield failures
+        yield lifecycle
+        yield in_flight
 
 
 class Metrics:

@@ -138,7 +138,8 @@ class BackendManager:
         self._order = list(self.states)  # declaration order: the last tie-breaker
         self.by_model: dict[str, list[BackendState]] = {}
         self._rebuild()
-        self._health: dict[str, asyncio.Task[None]] = {}
+        # Background work per backend (health checks, the models check), cancelled when it goes.
+        self._tasks: dict[str, list[asyncio.Task[None]]] = {}
         self._started = False
 
     def _rebuild(self) -> None:
@@ -168,23 +169,27 @@ class BackendManager:
             await st.backend.start()
             self._watch(st)
 
+    def _watch(self, st: BackendState) -> None:
+        """Start a backend's background work: its health checks, and one look at the models it serves."""
+        tasks = []
+        if st.active_checks:
+            tasks.append(asyncio.create_task(health_loop(st), name=f"health:{st.name}"))
+        tasks.append(asyncio.create_task(_check_models(st), name=f"models:{st.name}"))
+        self._tasks[st.name] = tasks
+
     async def close(self) -> None:
         """Stop the health checks, then close every backend (each close is attempted, errors logged)."""
         self._started = False
-        tasks = list(self._health.values())
+        tasks = [t for ts in self._tasks.values() for t in ts]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._health.clear()
+        self._tasks.clear()
         for st in list(self.states.values()):
             try:
                 await st.backend.close()
             except Exception:
                 log.exception("backend %s failed to close", st.name)
-
-    def _watch(self, st: BackendState) -> None:
-        if st.active_checks:
-            self._health[st.name] = asyncio.create_task(health_loop(st), name=f"health:{st.name}")
 
     async def add(self, backend: Backend) -> None:
         """Add a backend while serving; it takes calls as soon as it is ready. Its name must be new."""
@@ -209,10 +214,10 @@ class BackendManager:
         del self.states[name]
         self._order.remove(name)
         self._rebuild()
-        task = self._health.pop(name, None)
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        tasks = self._tasks.pop(name, [])
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         if st.in_flight:
             st.drained = asyncio.Event()
             try:
@@ -453,7 +458,10 @@ class BackendManager:
                 )
                 continue
             if st.gate is not None and not st.gate.try_acquire():
-                full.append(st)
+                full.append(st)  # busy is not unhealthy: skipped for now, queued for below if all fail
+                attempts.append(
+                    Attempt(st.name, st.backend.config.models[call.model], error=st.gate.describe())
+                )
                 continue
             out = await on(st, call, attempts)
             if out is None:
@@ -662,6 +670,28 @@ class Stream:
             await self._manager._finish(self.state, self.call, a)
         finally:
             self._manager._release(self.state)
+
+
+async def _check_models(st: BackendState) -> None:
+    """Warn, naming the backend and what it does serve, about mapped models it does not list."""
+    try:
+        served = await st.backend.served_models()
+    except Exception as e:  # a look at start must never take a backend down
+        log.debug("backend %s: cannot list its models: %r", st.name, e)
+        return
+    if served is None:
+        return
+    missing = {pub: own for pub, own in st.backend.config.models.items() if own not in served}
+    for pub, own in missing.items():
+        st.model_errors[pub] = f"the config maps '{pub}' to '{own}', which the backend does not list"
+    if missing:
+        log.warning(
+            "backend %s does not serve %s (config models: %s); it serves: %s",
+            st.name,
+            ", ".join(sorted(set(missing.values()))),
+            ", ".join(f"{p} -> {o}" for p, o in missing.items()),
+            ", ".join(served) or "(nothing)",
+        )
 
 
 def _estimated_usage(call: Call, body: dict[str, Any] | None, chars: int | None = None) -> Usage:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import zlib
+from collections import deque
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -361,6 +362,7 @@ class _Conn(asyncio.Protocol):
         self.idle_since = 0.0
         self._interim = False
         self._spoiled = False
+        self._counted = True  # holds one of its origin's connection slots until it closes
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -382,8 +384,14 @@ class _Conn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._uncount()
         if self.resp is not None:
             self.resp._on_lost(exc)
+
+    def _uncount(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.client._slot_freed(self.origin)
 
     # httptools callbacks. Anything past the end of the answer (a second response in the same read) is
     # not ours: it spoils the connection but leaves the answer as it was.
@@ -438,17 +446,35 @@ class _Conn(asyncio.Protocol):
         self.resp = None
         if self.transport is not None:
             self.transport.abort()
+        self._uncount()
 
 
 class HTTPClient:
-    """Keep-alive connection pools, one per origin; create inside the event loop that will use it."""
+    """Keep-alive connection pools, one per origin; create inside the event loop that will use it.
 
-    def __init__(self, *, keepalive_s: float = 60.0, ssl_context: ssl.SSLContext | None = None) -> None:
+    `max_connections_per_origin` caps the connections open to one origin at once (None: no cap); a request
+    that finds them all busy waits, in arrival order, for one to come back or close, within its deadline.
+    """
+
+    def __init__(
+        self,
+        *,
+        keepalive_s: float = 60.0,
+        ssl_context: ssl.SSLContext | None = None,
+        max_connections_per_origin: int | None = None,
+    ) -> None:
         self._loop = asyncio.get_running_loop()
         self.keepalive_s = keepalive_s
         self._ssl = ssl_context
         self._idle: dict[Origin, list[_Conn]] = {}
         self._closed = False
+        self.max_per_origin = max_connections_per_origin
+        self._open: dict[Origin, int] = {}  # connections open or opening, per origin
+        # Requests waiting for a connection: given an idle one, or None when a slot freed up.
+        self._waiters: dict[Origin, deque[asyncio.Future[_Conn | None]]] = {}
+
+    def open_connections(self, origin: Origin) -> int:
+        return self._open.get(origin, 0)
 
     def _ssl_context(self) -> ssl.SSLContext:
         if self._ssl is None:
@@ -487,9 +513,13 @@ class HTTPClient:
         )
         for retry in (False, True):
             conn = self._pop_idle(origin, started)
+            reserved = False
+            if conn is None and self.max_per_origin is not None and self._full(origin):
+                conn = await self._wait_for_slot(origin, timeouts, started)
+                reserved = conn is None
             reused = conn is not None
             if conn is None:
-                conn = await self._connect(origin, timeouts, started)
+                conn = await self._connect(origin, timeouts, started, reserved)
             resp = conn.resp = Response(conn, timeouts, started)
             assert conn.transport is not None
             if len(body) < 65536:  # one write, one syscall; a large body is not copied for it
@@ -518,9 +548,60 @@ class HTTPClient:
             conn.abort()
         return None
 
+    def _full(self, origin: Origin) -> bool:
+        assert self.max_per_origin is not None
+        return self._open.get(origin, 0) >= self.max_per_origin or bool(self._waiters.get(origin))
+
+    async def _wait_for_slot(self, origin: Origin, timeouts: Timeouts, started: float) -> _Conn | None:
+        """Wait for a connection to `origin` to be released (returned) or to close (None: connect anew)."""
+        fut: asyncio.Future[_Conn | None] = self._loop.create_future()
+        waiters = self._waiters.setdefault(origin, deque())
+        waiters.append(fut)
+        left = max(0.0, started + timeouts.total_s - self._loop.time())
+        try:
+            async with asyncio.timeout(left):
+                return await fut
+        except TimeoutError:
+            raise ConnectTimeout(
+                f"no connection to {origin} free within {left:g}s "
+                f"({self.max_per_origin} open, the most allowed)"
+            ) from None
+        except BaseException:
+            if fut.done() and not fut.cancelled():  # handed over just as we gave up: pass it on
+                conn = fut.result()
+                if conn is not None:
+                    self._put_idle(conn)
+                else:
+                    self._slot_freed(origin)
+            raise
+        finally:
+            try:
+                waiters.remove(fut)
+            except ValueError:
+                pass
+
+    def _handoff(self, origin: Origin, conn: _Conn | None) -> bool:
+        """Give a returned connection (or a freed slot) to the first waiter still waiting."""
+        waiters = self._waiters.get(origin)
+        while waiters:
+            w = waiters.popleft()
+            if not w.done():
+                if conn is None:
+                    self._open[origin] = self._open.get(origin, 0) + 1  # the slot goes to the waiter
+                w.set_result(conn)
+                return True
+        return False
+
+    def _slot_freed(self, origin: Origin) -> None:
+        self._open[origin] = self._open.get(origin, 1) - 1
+        if self._waiters.get(origin):
+            self._handoff(origin, None)  # the waiter connects on the slot reserved for it
+
     def _put_idle(self, conn: _Conn) -> None:
         if self._closed or conn.closed:
             conn.abort()
+            return
+        if self._waiters.get(conn.origin) and self._handoff(conn.origin, conn):
             return
         idle = self._idle.setdefault(conn.origin, [])
         if len(idle) >= _MAX_IDLE:
@@ -529,10 +610,15 @@ class HTTPClient:
         conn.idle_since = self._loop.time()
         idle.append(conn)
 
-    async def _connect(self, origin: Origin, timeouts: Timeouts, started: float) -> _Conn:
+    async def _connect(
+        self, origin: Origin, timeouts: Timeouts, started: float, reserved: bool = False
+    ) -> _Conn:
+        """Open a connection; it holds one of the origin's slots (already `reserved` for a waiter, or taken)."""
         loop = self._loop
         tls = origin.scheme == "https"
         limit = min(timeouts.connect_s, max(0.0, started + timeouts.total_s - loop.time()))
+        if not reserved:
+            self._open[origin] = self._open.get(origin, 0) + 1
         try:
             async with asyncio.timeout(limit):
                 _, conn = await loop.create_connection(
@@ -542,12 +628,15 @@ class HTTPClient:
                     ssl=self._ssl_context() if tls else None,
                     server_hostname=origin.host if tls else None,
                 )
-        except TimeoutError:
-            raise ConnectTimeout(f"connecting to {origin} took longer than {limit:g}s") from None
-        except ssl.SSLError as e:
-            raise ConnectError(f"TLS handshake with {origin} failed: {e}") from None
-        except OSError as e:
-            raise ConnectError(f"cannot connect to {origin}: {e.strerror or e}") from None
+        except BaseException as e:
+            self._slot_freed(origin)
+            if isinstance(e, TimeoutError):
+                raise ConnectTimeout(f"connecting to {origin} took longer than {limit:g}s") from None
+            if isinstance(e, ssl.SSLError):
+                raise ConnectError(f"TLS handshake with {origin} failed: {e}") from None
+            if isinstance(e, OSError):
+                raise ConnectError(f"cannot connect to {origin}: {e.strerror or e}") from None
+            raise
         return conn
 
     async def close(self) -> None:

@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from hybridgate.backends._base import (
     Backend,
     BackendError,
@@ -26,6 +24,7 @@ from hybridgate.backends._base import (
     BackendStreamError,
     BackendTimeoutError,
     BackendUnavailableError,
+    Lifecycle,
 )
 from hybridgate.backends.llamacpp._gate import FifoGate, QueueFull
 from hybridgate.backends.llamacpp._model_file import (
@@ -79,13 +78,11 @@ class _Outcome:
 class LlamaCppBackend(Backend):
     """A GGUF model in this process. See the package docstring for its options and states."""
 
+    Options = LlamaCppOptions
+    options: LlamaCppOptions
+
     def __init__(self, config: BackendConfig) -> None:
-        super().__init__(config)
-        try:
-            self.options = LlamaCppOptions.model_validate(config.options)
-        except ValidationError as e:
-            errs = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
-            raise ValueError(f"backend '{config.name}' (kind llamacpp) has invalid options: {errs}") from None
+        super().__init__(config)  # validates `options` (LlamaCppOptions); a bad one fails the config load
         self._state = "loading"
         self._error: str | None = None
         self._llm: Any = None
@@ -109,6 +106,10 @@ class LlamaCppBackend(Backend):
     @property
     def state(self) -> str:
         return self._state
+
+    @property
+    def lifecycle(self) -> Lifecycle:
+        return {"loading": Lifecycle.WARMING, "ready": Lifecycle.READY}.get(self._state, Lifecycle.FAILED)
 
     @property
     def last_error(self) -> str | None:
