@@ -180,7 +180,7 @@ def test_metrics_show_spend_budget_left_and_refusals(gw: Proc) -> None:
     c.chat.completions.create(model="paid", messages=PROMPT, max_tokens=5)  # type: ignore[arg-type]
     with pytest.raises(openai.RateLimitError):
         c.chat.completions.create(model="paid", messages=PROMPT, max_tokens=1000)  # type: ignore[arg-type]
-    text = httpx.get(gw.url + "/metrics").text
+    text = httpx.get(gw.url + "/metrics", headers={"Authorization": f"Bearer {MASTER}"}).text
 
     def value(name: str, *pairs: str) -> float:
         want = ['key="metered"', f'key_id="{key["id"]}"', *pairs]
@@ -193,3 +193,16 @@ def test_metrics_show_spend_budget_left_and_refusals(gw: Proc) -> None:
     assert 0 < spend < 0.001
     assert value("hybridgate_key_budget_remaining_usd") == pytest.approx(0.001 - spend, abs=1e-9)
     assert value("hybridgate_rejected_calls_total", 'reason="budget"') >= 1
+
+
+def test_metrics_show_no_key_series_without_the_master_key(gw: Proc) -> None:
+    key = new_key(gw, "private", budget_usd=0.5)
+    c = openai.OpenAI(base_url=gw.base_url, api_key=key["key"], max_retries=0)
+    c.chat.completions.create(model="paid", messages=PROMPT, max_tokens=5)  # type: ignore[arg-type]
+    for headers in ({}, {"Authorization": f"Bearer {key['key']}"}, {"Authorization": "Bearer wrong"}):
+        text = httpx.get(gw.url + "/metrics", headers=headers).text
+        assert "hybridgate_requests_total" in text  # the rest stays public
+        assert "hybridgate_key_" not in text and "hybridgate_rejected_calls" not in text
+        assert key["id"] not in text and 'key="private"' not in text
+    full = httpx.get(gw.url + "/metrics", headers={"Authorization": f"Bearer {MASTER}"}).text
+    assert f'key_id="{key["id"]}"' in full

@@ -8,6 +8,7 @@ directly from a Config.
 from __future__ import annotations
 
 import gc
+import hmac
 import logging
 import os
 import time
@@ -17,7 +18,7 @@ from contextlib import AsyncExitStack
 from hybridgate._asgi import ClientGone, Receive, Scope, Send, header, send_error
 from hybridgate.api import control
 from hybridgate.api.hot import InferenceRoutes
-from hybridgate.auth import Authenticator, KeyCache, KeyStore, KeyWatcher, Principal
+from hybridgate.auth import Authenticator, KeyCache, KeyStore, KeyWatcher, Principal, bearer_token
 from hybridgate.backends import build_backend
 from hybridgate.config import Config, ConfigError, load_config
 from hybridgate.ledger import Ledger
@@ -61,7 +62,7 @@ class Gateway:
         self.ledger = Ledger(self.store, self.metrics.registry)
         self.watcher = KeyWatcher(KeyStore(self.store), self.keys)
         self.inference = InferenceService(self.manager, self.ledger.hooks_for)
-        routes = InferenceRoutes(self.inference, config.server.max_body_bytes)
+        routes = InferenceRoutes(self.inference, config.server.max_body_bytes, config.server.body_timeout_s)
         # The hot path: exact (method, path) -> handler; everything else is the control plane's.
         self.hot_routes: dict[tuple[str, str], HotHandler] = {
             ("POST", "/v1/chat/completions"): routes.chat,
@@ -70,6 +71,16 @@ class Gateway:
         self.control = control.build(self)
         self.started_at = time.time()
         self._stack: AsyncExitStack | None = None
+
+    def may_see_keys(self, authorization: str | None) -> bool:
+        """Whether a caller may see per-key series on /metrics: the master key or the metrics token."""
+        token = bearer_token(authorization)
+        if token is None:
+            return False
+        wanted = self.config.server.metrics_token
+        return self.auth.is_master(token) or (
+            wanted is not None and hmac.compare_digest(token.encode(), wanted.encode())
+        )
 
     # --- lifespan -------------------------------------------------------------------------------
     async def startup(self) -> None:
@@ -160,13 +171,12 @@ class Gateway:
         except GatewayError as e:
             ctx.status = e.status
             ctx.error = e.message
-            await send_error(
-                send,
-                e,
-                attempt_headers(
-                    ctx.backend, ctx.attempts or getattr(e, "attempts", None), None, ctx.request_id
-                ),
-            )
+            # Who was tried, even on an error (a backend's own 4xx, all failed, the forced one failed).
+            attempts = ctx.attempts or getattr(e, "attempts", None)
+            backend = ctx.backend
+            if backend is None and attempts:
+                backend = next((a.backend for a in reversed(attempts) if a.reached_backend), None)
+            await send_error(send, e, attempt_headers(backend, attempts, None, ctx.request_id))
         except ClientGone:
             ctx.status = 499
         except Exception as e:  # a bug here must still answer in OpenAI's shape, and be logged

@@ -27,11 +27,12 @@ WATCH_AFTER_S = 0.05
 class InferenceRoutes:
     """The two hot routes over one InferenceService."""
 
-    __slots__ = ("limit", "service")
+    __slots__ = ("body_timeout_s", "limit", "service")
 
-    def __init__(self, service: InferenceService, max_body_bytes: int) -> None:
+    def __init__(self, service: InferenceService, max_body_bytes: int, body_timeout_s: float) -> None:
         self.service = service
         self.limit = max_body_bytes
+        self.body_timeout_s = body_timeout_s
 
     async def chat(
         self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext, principal: Principal
@@ -52,7 +53,7 @@ class InferenceRoutes:
         ctx: RequestContext,
         principal: Principal,
     ) -> None:
-        raw = await read_body(scope, receive, self.limit)
+        raw = await read_body(scope, receive, self.limit, self.body_timeout_s)
         p = self.service.prepare(
             operation,
             raw,

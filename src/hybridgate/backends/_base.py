@@ -92,7 +92,16 @@ class BackendConnectError(BackendError):
 
 
 class BackendTimeoutError(BackendError):
-    """Connect, time-to-first-byte or total deadline passed."""
+    """Connect, time-to-first-byte, answer or total deadline passed.
+
+    `maybe_billed`: the request reached the backend, which may have generated (and will bill) an answer
+    nobody received; the attempt is then recorded at its estimated cost."""
+
+    def __init__(
+        self, message: str, *, status: int | None = None, body: Any = None, maybe_billed: bool = False
+    ):
+        super().__init__(message, status=status, body=body)
+        self.maybe_billed = maybe_billed
 
 
 class BackendUnavailableError(BackendError):

@@ -101,6 +101,8 @@ class OpenAIBackend(Backend):
         # `read_s` bounds every gap between bytes, so a stream that stalls mid-way fails instead of holding
         # the client until total_s.
         self._timeouts = _http.Timeouts(connect_s=t.connect_s, read_s=t.first_byte_s, total_s=t.total_s)
+        # A non-streamed answer comes in one piece once generated: it waits up to answer_s, not first_byte_s.
+        self._answer_timeouts = _http.Timeouts(connect_s=t.connect_s, read_s=t.answer, total_s=t.total_s)
         h = config.health.timeout_s  # the client's total deadline bounds the whole check
         self._health_timeouts = _http.Timeouts(connect_s=min(h, t.connect_s), read_s=h, total_s=h)
         self._client: _http.HTTPClient | None = None
@@ -124,8 +126,8 @@ class OpenAIBackend(Backend):
     def _error(self, e: _http.HTTPClientError, phase: str) -> BackendError:
         """The client's failure as the BackendError the router acts on, saying where it happened.
 
-        `phase`: "head" (connecting, sending, waiting for the status line), "body" (reading a whole
-        answer) or "stream" (reading events).
+        `phase`: "head" (a stream's connecting, sending, waiting for the status line), "answer" (a
+        non-streamed call, up to its whole answer) or "stream" (reading events).
         """
         t = self.config.timeouts
         if isinstance(e, _http.ConnectTimeout):
@@ -133,19 +135,30 @@ class OpenAIBackend(Backend):
         if isinstance(e, _http.ConnectError):
             return BackendConnectError(e.message)
         if isinstance(e, _http.ReadTimeout):
+            # The request went out: the backend may have generated (and billed) an answer nobody received.
+            if phase == "answer":
+                return BackendTimeoutError(
+                    f"no answer within {t.answer:g}s (timeouts.answer_s)", maybe_billed=True
+                )
             if phase == "head" and e.first_byte:
-                return BackendTimeoutError(f"timed out waiting for the first byte after {t.first_byte_s:g}s")
+                return BackendTimeoutError(
+                    f"timed out waiting for the first byte after {t.first_byte_s:g}s", maybe_billed=True
+                )
             what = "stream stalled" if phase == "stream" else "response stalled"
-            return BackendTimeoutError(f"{what}: no data for {t.first_byte_s:g}s")
+            return BackendTimeoutError(f"{what}: no data for {t.first_byte_s:g}s", maybe_billed=True)
         if isinstance(e, _http.TotalTimeout):
             if phase == "stream":
-                return BackendTimeoutError(f"stream exceeded the total timeout of {t.total_s:g}s")
-            return BackendTimeoutError(f"no complete answer within the total timeout of {t.total_s:g}s")
+                return BackendTimeoutError(
+                    f"stream exceeded the total timeout of {t.total_s:g}s", maybe_billed=True
+                )
+            return BackendTimeoutError(
+                f"no complete answer within the total timeout of {t.total_s:g}s", maybe_billed=True
+            )
         if phase == "stream":
             return BackendStreamError(f"connection dropped mid-stream: {e.message}")
         return BackendConnectError(f"request to {self.base_url} failed: {e.message}")
 
-    async def _open(self, req: BackendRequest, body: bytes) -> _http.Response:
+    async def _open(self, req: BackendRequest, body: bytes, *, streamed: bool) -> _http.Response:
         """Send the request and wait for the response head, mapping every failure to a BackendError."""
         try:
             resp = await self.client.request(
@@ -154,10 +167,10 @@ class OpenAIBackend(Backend):
                 self._targets[req.endpoint],
                 self._headers,
                 body,
-                timeouts=self._timeouts,
+                timeouts=self._timeouts if streamed else self._answer_timeouts,
             )
         except _http.HTTPClientError as e:
-            raise self._error(e, "head") from None
+            raise self._error(e, "head" if streamed else "answer") from None
         if resp.status >= 400:
             try:
                 raw = await resp.read()
@@ -177,11 +190,11 @@ class OpenAIBackend(Backend):
         return resp
 
     async def complete(self, req: BackendRequest) -> BackendResponse:
-        resp = await self._open(req, orjson.dumps(req.body))
+        resp = await self._open(req, orjson.dumps(req.body), streamed=False)
         try:
             raw = await resp.read()
         except _http.HTTPClientError as e:
-            raise self._error(e, "body") from None
+            raise self._error(e, "answer") from None
         finally:
             resp.release()
         try:
@@ -203,7 +216,7 @@ class OpenAIBackend(Backend):
         body = dict(req.body)
         # Always ask for usage so the call can be costed; the router strips it if the client did not ask.
         body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-        resp = await self._open(req, orjson.dumps(body))
+        resp = await self._open(req, orjson.dumps(body), streamed=True)
         done = False
         partial = b""  # a line cut in two by the network, completed by the next read
         try:

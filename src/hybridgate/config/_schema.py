@@ -20,6 +20,11 @@ class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(1024 * 1024, ge=1)
+    # GET /metrics shows series naming API keys (spend, budgets, refusals per key) only to the master key
+    # or to `Authorization: Bearer <metrics_token>`; everything else on it is public.
+    metrics_token: str | None = Field(None, min_length=16)
+    # The longest a request's body may take to arrive, from the moment its headers did (408 past it).
+    body_timeout_s: float = Field(30.0, gt=0)
     workers: int = Field(1, ge=1)
     log_requests: bool = True
     # A request whose backends are all still starting (a model loading, a pod warming) waits this long
@@ -58,9 +63,21 @@ class PriceConfig(_Strict):
 
 
 class TimeoutsConfig(_Strict):
+    """What each deadline bounds (README, "Routing, health and fallback")."""
+
+    # Opening the TCP (and TLS) connection.
     connect_s: float = Field(2.0, gt=0)
+    # Streams: the wait for the first byte, and then any gap between bytes (a stalled stream fails fast).
     first_byte_s: float = Field(30.0, gt=0)
+    # A whole call, streamed or not.
     total_s: float = Field(300.0, gt=0)
+    # Non-streamed calls: the wait for the whole answer, which arrives in one piece only once it is all
+    # generated (unset: total_s). A long answer is not a stalled stream.
+    answer_s: float | None = Field(None, gt=0)
+
+    @property
+    def answer(self) -> float:
+        return min(self.answer_s or self.total_s, self.total_s)
 
 
 class HealthConfig(_Strict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,7 +10,7 @@ import orjson
 
 from hybridgate.config import BackendConfig
 from hybridgate.ledger._pricing import price_usage
-from hybridgate.protocol import Endpoint, Usage, prompt_text
+from hybridgate.protocol import Endpoint, Usage
 
 # When a client sets no max_tokens, a budgeted call on a per-token price is capped at this many output
 # tokens (written into the backend's request), because an unbounded answer has no worst case to reserve.
@@ -19,24 +20,56 @@ _PER_MESSAGE = 8
 _PER_PROMPT = 8
 # The router measures a few milliseconds past a backend's own deadline; a per-hour reservation covers it.
 _HOURLY_SLACK_S = 1.0
+# What an adapter may add to the body it sends (stream_options, the backend's longer model name).
+_SENT_SLACK = 256
 
 
 def prompt_token_bound(body: dict[str, Any], endpoint: Endpoint) -> int:
-    """An upper bound on the prompt's tokens: one per UTF-8 byte plus template overhead.
+    """An upper bound on the input tokens a backend can bill for this body as sent: one per byte of it.
 
-    Tokenizers produce at most about one token per byte of text, so this never underestimates for text
-    (images and audio parts are not bounded: a budgeted key sending those relies on the backend's count).
+    Every byte that reaches the backend counts, whichever field holds it (message content, tool calls and
+    their arguments, names, tools, response formats, unknown fields), plus template overhead per message.
+    Tokenizers produce at most about one token per UTF-8 byte of text, so this never underestimates for
+    text (image and audio parts are counted by their encoded size, which is not a bound on their tokens:
+    a budgeted key sending those relies on the backend's count).
     """
-    n = len(prompt_text(body, endpoint).encode())
+    n = len(orjson.dumps(body)) + _SENT_SLACK
     if endpoint == "chat":
         n += _PER_MESSAGE * len(body.get("messages") or ())
     else:
         p = body.get("prompt")
         n += _PER_MESSAGE * (len(p) if isinstance(p, list) else 1)
-    for extra in ("tools", "functions", "response_format"):
-        if body.get(extra):
-            n += len(orjson.dumps(body[extra]))
     return n + _PER_PROMPT
+
+
+def output_bound(body: dict[str, Any]) -> int | None:
+    """The largest output limit the body sets (max_tokens, max_completion_tokens); None when it sets none.
+
+    With both present a backend honours one of them: the larger is the bound."""
+    found = [
+        c
+        for c in (_count(body.get("max_tokens")), _count(body.get("max_completion_tokens")))
+        if c is not None
+    ]
+    return max(found) if found else None
+
+
+def _count(v: Any) -> int | None:
+    """A non-negative whole number from a JSON value (2.0 included), else None."""
+    if isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < math.inf and v == int(v):
+        return int(v)
+    return None
+
+
+def _choices(body: dict[str, Any], endpoint: Endpoint) -> int:
+    """How many answers the output bound applies to: n, best_of, and each prompt of a batch."""
+    n, best_of = _count(body.get("n")) or 1, _count(body.get("best_of")) or 1
+    k = max(n, best_of)  # best_of answers are generated (and billed), n of them returned
+    if endpoint == "completions":
+        p = body.get("prompt")
+        if isinstance(p, list) and p and not isinstance(p[0], int):
+            k *= len(p)  # a batch of prompts (strings or token lists): one answer set per prompt
+    return k
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,20 +89,27 @@ class WorstCase:
 def worst_case(
     backend: BackendConfig, body: dict[str, Any], endpoint: Endpoint, max_tokens: int | None
 ) -> WorstCase:
-    """The highest cost this request can reach on `backend`; may cap max_tokens in `body`.
+    """The highest cost this request can reach on `backend`, for the body as it will be sent.
 
-    See DEFAULT_MAX_TOKENS: without a cap an answer's length, and so its cost, has no bound."""
+    `max_tokens`: the output bound the call applies (the client's, or the endpoint's default). When the
+    body sets no output limit and the price depends on output, the bound is written into `body`, so the
+    limit reserved is the limit the backend receives (a server's own default may be far larger: llama.cpp's
+    generates until it stops). See DEFAULT_MAX_TOKENS: without any limit an answer's cost has no bound.
+    """
     price = backend.price
     capped = None
-    if max_tokens is None and price.output_per_mtok:
-        max_tokens = capped = DEFAULT_MAX_TOKENS
+    bound = output_bound(body)
+    if bound is None and price.output_per_mtok:
+        bound = capped = max_tokens if max_tokens is not None else DEFAULT_MAX_TOKENS
         body["max_tokens"] = capped
-    n = body.get("n")
-    choices = n if isinstance(n, int) and n > 1 else 1
-    out = (max_tokens or 0) * choices
+    elif bound is None:
+        bound = max_tokens
+    elif max_tokens is not None:
+        bound = max(bound, max_tokens)
+    out = (bound or 0) * _choices(body, endpoint)
     inp = prompt_token_bound(body, endpoint)
     seconds = backend.timeouts.total_s + _HOURLY_SLACK_S if price.per_hour else 0.0
     return WorstCase(price_usage(price, Usage(inp, out), seconds), inp, out, capped)
 
 
-__all__ = ["DEFAULT_MAX_TOKENS", "WorstCase", "prompt_token_bound", "worst_case"]
+__all__ = ["DEFAULT_MAX_TOKENS", "WorstCase", "output_bound", "prompt_token_bound", "worst_case"]

@@ -12,6 +12,15 @@ from prometheus_client.registry import Collector
 
 # The lifecycle states a backend can be in (hybridgate.backends.Lifecycle); one series each, 1 for the current.
 LIFECYCLE_STATES = ("stopped", "provisioning", "warming", "ready", "draining", "failed")
+# Series labelled by API key (names, ids, spend, budgets): shown only to the master key or a metrics token.
+PER_KEY_PREFIXES = (b"hybridgate_key_", b"hybridgate_rejected_calls")
+
+
+def _names_a_key(line: bytes) -> bool:
+    name = line[7:] if line.startswith((b"# HELP ", b"# TYPE ")) else line
+    return name.startswith(PER_KEY_PREFIXES)
+
+
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
@@ -93,5 +102,9 @@ class Metrics:
             child = self._children[key] = metric.labels(*values)
         return child
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self, *, per_key: bool = True) -> bytes:
+        """The exposition text; without `per_key`, the series that name API keys are left out."""
+        text = generate_latest(self.registry)
+        if per_key:
+            return text
+        return b"\n".join(line for line in text.split(b"\n") if not _names_a_key(line))

@@ -10,6 +10,7 @@ from hybridgate.protocol._errors import (
     PayloadTooLargeError,
     PermissionDeniedError,
     RateLimitedError,
+    RequestTimeoutError,
     UpstreamUnavailableError,
     error_body,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "RateLimitedError",
+    "RequestTimeoutError",
     "UpstreamUnavailableError",
     "Usage",
     "chunk_body",

@@ -74,6 +74,12 @@ class PayloadTooLargeError(GatewayError):
     code = "request_too_large"
 
 
+class RequestTimeoutError(GatewayError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
 class RateLimitedError(GatewayError):
     status = 429
     type = "rate_limit_error"
@@ -96,3 +102,5 @@ class UpstreamUnavailableError(GatewayError):
     def __init__(self, message: str, *, status: int = 503, code: str | None = None, **kw: Any) -> None:
         super().__init__(message, code=code, **kw)
         self.status = status
+        # The router's attempts (for the x-hybridgate-* headers); their summary is in the body already.
+        self.attempts: list[Any] | None = None

@@ -10,10 +10,32 @@ import os
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from hybridgate.protocol._errors import BadRequestError
 from hybridgate.protocol._operations import Endpoint, Usage
+
+# Deepest nesting of objects and arrays a request may have. Real requests (tool schemas included) stay far
+# below; past a few hundred levels the body cannot even be re-encoded for a backend (orjson's limit is 254).
+MAX_DEPTH = 64
+
+
+def _whole(v: Any) -> Any:
+    """64.0 is the integer 64, as OpenAI reads it; 64.5 stays a float and is refused."""
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v
+
+
+def _null_is_false(v: Any) -> Any:
+    return False if v is None else v
+
+
+# `"stream": null` is OpenAI's default, not streaming.
+_Flag = Annotated[bool, BeforeValidator(_null_is_false)]
+
+# An integer that may be written as a whole float (OpenAI accepts `"n": 2.0`), strict otherwise.
+_Int = Annotated[int, BeforeValidator(_whole)]
 
 
 class _Open(BaseModel):
@@ -35,32 +57,37 @@ _Stop = str | Annotated[list[str], Field(max_length=4)] | None
 
 class _Sampling(_Open):
     model: str = Field(min_length=1)
-    stream: bool = False
+    stream: _Flag = False
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: _Int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
-    n: int | None = Field(None, ge=1, le=1)
+    n: _Int | None = Field(None, ge=1, le=128)
     stop: _Stop = None
-    seed: int | None = None
+    seed: _Int | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
 
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: _Int | None = Field(None, ge=1)
 
     def limit(self) -> int | None:
-        return self.max_completion_tokens or self.max_tokens
+        """The output bound a backend applies: max_completion_tokens, which replaced max_tokens, first."""
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str]
+    # A string, strings, token ids or lists of token ids; null is OpenAI's <|endoftext|> (an empty prompt).
+    prompt: str | list[str] | list[int] | list[list[int]] | None
+    # The legacy endpoint takes 0 (with echo and logprobs, to score a prompt without generating).
+    max_tokens: _Int | None = Field(None, ge=0)
+    best_of: _Int | None = Field(None, ge=1, le=20)
 
     def limit(self) -> int | None:
         # OpenAI's legacy endpoint defaults to 16 tokens.
-        return self.max_tokens or 16
+        return self.max_tokens if self.max_tokens is not None else 16
 
 
 def _param(loc: tuple[Any, ...]) -> str:
@@ -90,6 +117,9 @@ def parse_request(
         raise BadRequestError(f"The request body is not valid JSON: {e}", code="invalid_json") from None
     if not isinstance(data, dict):
         raise BadRequestError("The request body must be a JSON object.", code="invalid_json")
+    # Counting brackets is C-fast; only a body with that many can nest that deep (strings included).
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH:
+        _check_depth(data)
     model_cls = ChatCompletionRequest if endpoint == "chat" else CompletionRequest
     try:
         req = model_cls.model_validate(data)
@@ -107,6 +137,29 @@ def parse_request(
             code="invalid_value" if err["type"] != "missing" else "missing_required_parameter",
         ) from None
     return data, req
+
+
+def _check_depth(data: dict[str, Any]) -> None:
+    """400 naming the field where the body nests deeper than MAX_DEPTH objects and arrays."""
+    stack: list[tuple[Any, int, str]] = [(data, 1, "")]
+    while stack:
+        node, depth, path = stack.pop()
+        if depth > MAX_DEPTH:
+            field = path.split(".")[0].split("[")[0] or "body"
+            raise BadRequestError(
+                f"The request body nests objects and arrays more than {MAX_DEPTH} levels deep (at '{path}'); "
+                "no OpenAI request needs that.",
+                param=field,
+                code="too_deeply_nested",
+            )
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if isinstance(v, dict | list):
+                    stack.append((v, depth + 1, f"{path}.{k}" if path else str(k)))
+        else:
+            for i, v in enumerate(node):
+                if isinstance(v, dict | list):
+                    stack.append((v, depth + 1, f"{path}[{i}]"))
 
 
 def completion_id(endpoint: Endpoint) -> str:
@@ -206,7 +259,7 @@ def usage_chunk(endpoint: Endpoint, id_: str, model: str, created: int, usage: U
 def prompt_text(body: dict[str, Any], endpoint: Endpoint) -> str:
     """The plain text of a request's prompt, for counting and estimating."""
     if endpoint == "completions":
-        p = body.get("prompt", "")
+        p = body.get("prompt") or ""
         return p if isinstance(p, str) else "\n".join(str(x) for x in p)
     parts: list[str] = []
     for m in body.get("messages", ()):

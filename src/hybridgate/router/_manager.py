@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -338,16 +339,27 @@ class BackendManager:
             return refusal
         lines = "; ".join(f"{a.backend}: {a.error}" for a in attempts) or "no backend serves it"
         if call.forced is not None:
-            return UpstreamUnavailableError(
+            err = UpstreamUnavailableError(
                 f"Forced backend '{call.forced}' failed: {lines}",
                 status=502,
                 code="forced_backend_failed",
                 extra={"attempts": [_attempt_json(a) for a in attempts]},
             )
-        return UpstreamUnavailableError(
-            f"All backends for model '{call.model}' failed: {lines}",
-            extra={"attempts": [_attempt_json(a) for a in attempts]},
-        )
+        else:
+            err = UpstreamUnavailableError(
+                f"All backends for model '{call.model}' failed: {lines}",
+                headers={"Retry-After": str(self._retry_after(call))},
+                extra={"attempts": [_attempt_json(a) for a in attempts]},
+            )
+        err.attempts = attempts
+        return err
+
+    def _retry_after(self, call: Call) -> int:
+        """Seconds until a candidate may be tried again: the soonest cooldown end, at least 1."""
+        now = time.monotonic()
+        waits = [st.open_until - now for st in self.by_model.get(call.model, ()) if not st.healthy]
+        soonest = min(waits, default=0.0)
+        return max(1, min(60, math.ceil(soonest)))
 
     async def _finish(self, st: BackendState, call: Call, a: Attempt) -> None:
         a.cost_usd = self.pricer(st.backend.config, a)
@@ -382,6 +394,7 @@ class BackendManager:
         backend's health when that is fair, and re-raised only for the client's own errors and cancellation.
         """
         t0 = time.perf_counter()
+        billed = False
         try:
             if st.backend.enforces_timeouts:
                 return await op()
@@ -390,6 +403,7 @@ class BackendManager:
                 return await op()
         except TimeoutError:
             error, status, unhealthy = f"timed out waiting for {waiting_for} after {limit_s:g}s", None, True
+            billed = True
         except StopAsyncIteration:
             error, status, unhealthy = "stream ended before its first chunk", None, True
         except BackendModelMissingError as e:
@@ -403,6 +417,7 @@ class BackendManager:
             )
         except BackendError as e:
             error, status, unhealthy = e.message, e.status, e.marks_unhealthy
+            billed = getattr(e, "maybe_billed", False)
             if not e.retryable:
                 if cleanup is not None:
                     await cleanup()
@@ -421,12 +436,19 @@ class BackendManager:
             # Shielded: the ledger row and the budget settlement must happen even while being cancelled.
             await asyncio.shield(self._finish(st, call, a))
             raise
-        except Exception as e:  # an adapter bug: count it against that backend and move on
+        except Exception as e:
+            # An adapter bug, most likely met by an unusual request (its encoding, a field the adapter did not
+            # expect): not the backend's behaviour, so it never counts against the backend's health (no
+            # request may take a backend away from other keys). Logged, and the next backend is tried.
             log.exception("backend %s raised unexpectedly", st.name)
-            error, status, unhealthy = f"adapter error: {e!r}", None, True
+            error, status, unhealthy = f"adapter error: {e!r}", None, False
         if cleanup is not None:
             await cleanup()
         a.duration_s, a.error, a.status = time.perf_counter() - t0, error, status
+        if billed:
+            # The backend may have generated (and will bill) what nobody received: record the most it could be.
+            a.usage = _estimated_usage(call, None, 0)
+            a.usage.completion_tokens = call.max_tokens or 0
         attempts.append(a)
         await self._finish(st, call, a)
         if unhealthy:

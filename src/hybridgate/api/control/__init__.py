@@ -80,7 +80,7 @@ def build(gw: Gateway) -> FastAPI:
     _errors.install(app, known)
     principal = _deps.caller(gw.auth)
     master = _deps.master(gw.auth, gw.keys)
-    app.include_router(health.router(gw.manager, lambda: gw.started_at, gw.metrics))
+    app.include_router(health.router(gw.manager, lambda: gw.started_at, gw.metrics, gw.may_see_keys))
     app.include_router(
         models.router(gw.manager, lambda: gw.started_at, principal), responses=_deps.UNAUTHENTICATED
     )

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from hybridgate import __version__
@@ -24,7 +24,13 @@ def backends(manager: BackendManager) -> dict[str, Any]:
     return {"status": "ok" if any(s["routable"] for s in snaps) else "degraded", "backends": snaps}
 
 
-def router(manager: BackendManager, started_at: Callable[[], float], metrics: Metrics) -> APIRouter:
+def router(
+    manager: BackendManager,
+    started_at: Callable[[], float],
+    metrics: Metrics,
+    may_see_keys: Callable[[str | None], bool],
+) -> APIRouter:
+    """`may_see_keys(authorization)`: whether this caller may see the per-key series of /metrics."""
     r = APIRouter(tags=["health"])
 
     @r.get("/health", response_model=Liveness, summary="Liveness: the process answers (no backend is called)")
@@ -42,11 +48,14 @@ def router(manager: BackendManager, started_at: Callable[[], float], metrics: Me
     @r.get(
         "/metrics",
         response_class=Response,
-        summary="Prometheus metrics",
+        summary="Prometheus metrics (per-key series only for the master key or the metrics token)",
         responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
     )
-    async def prometheus() -> Response:
-        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+    async def prometheus(request: Request) -> Response:
+        per_key = may_see_keys(request.headers.get("authorization"))
+        return Response(
+            metrics.render(per_key=per_key), media_type="text/plain; version=0.0.4; charset=utf-8"
+        )
 
     return r
 

@@ -279,10 +279,10 @@ class LlamaCppBackend(Backend):
                 stops += tmpl.stop
             special, strip = isinstance(tmpl, ModelChatTemplate), True
         else:
-            prompt = body.get("prompt", "")
+            prompt = body.get("prompt") or ""
             if isinstance(prompt, list):
-                if len(prompt) != 1:
-                    raise _client_error("This local model takes one prompt per request.", "prompt")
+                if len(prompt) != 1 or not isinstance(prompt[0], str):
+                    raise _client_error("This local model takes one text prompt per request.", "prompt")
                 prompt = prompt[0]
             text, special, strip = str(prompt), True, False
         o = self.options
