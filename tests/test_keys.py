@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -188,18 +189,102 @@ def test_admin_api_manages_keys_with_the_master_key_only(admin_gw: Proc) -> None
     [
         ({"budget_usd": 1}, "name"),
         ({"name": "x", "budget_usd": -1}, "budget_usd"),
+        ({"name": "x", "budget_usd": 1e300}, "budget_usd"),
+        ({"name": "x", "budget": True}, "budget"),
+        ({"name": "x", "budget": "5"}, "budget"),
         ({"name": "x", "rpm": 0}, "rpm"),
+        ({"name": "x", "rpm": True}, "rpm"),
+        ({"name": "x", "rpm": 2**40}, "rpm"),
         ({"name": "x", "models": ["nope"]}, "models"),
         ({"name": "x", "expires_at": "yesterday-ish"}, "expires_at"),
+        ({"name": "x", "expires_at": 1e20}, "expires_at"),
+        ({"name": "x", "expires_at": "inf"}, "expires_at"),
+        ({"name": "x", "expires_at": "nan"}, "expires_at"),
+        ({"name": "x", "expires_at": 253_402_300_800}, "expires_at"),  # 10000-01-01
+        ({"name": "x", "expires_at": "99999999999d"}, "expires_at"),
+        ({"name": "x", "expires_at": True}, "expires_at"),
         ({"name": "x", "colour": "red"}, "colour"),
     ],
 )
-def test_admin_api_rejects_a_bad_key_request_naming_the_field(
+def test_admin_api_rejects_a_bad_key_request_naming_the_field_and_stores_nothing(
     admin_gw: Proc, body: dict[str, Any], param: str
 ) -> None:
-    r = httpx.post(admin_gw.url + "/admin/keys", headers={"Authorization": f"Bearer {MASTER}"}, json=body)
+    master = {"Authorization": f"Bearer {MASTER}"}
+    r = httpx.post(admin_gw.url + "/admin/keys", headers=master, json=body)
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == param
+    listed = httpx.get(admin_gw.url + "/admin/keys", headers=master)
+    assert listed.status_code == 200, listed.text
+    assert "x" not in [k["name"] for k in listed.json()["data"]]
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["--expires", "1e20"], "--expires"),
+        (["--expires", "nan"], "--expires"),
+        (["--expires", "inf"], "--expires"),
+        (["--expires", "99999999999d"], "--expires"),
+        (["--budget-usd", "inf"], "--budget-usd"),
+        (["--budget-usd", "nan"], "--budget-usd"),
+        (["--budget-usd", "1e300"], "--budget-usd"),
+        (["--rpm", str(2**40)], "--rpm"),
+    ],
+)
+def test_the_cli_refuses_a_number_or_date_out_of_range_before_writing_anything(
+    tmp_path: Path, args: list[str], option: str
+) -> None:
+    cfg = gateway_config(sqlite_url(tmp_path), BACKENDS, tmp_path)
+    r = cli("keys", "create", "--config", str(cfg), "--name", "far", *args)
+    assert r.code == 3, (r.code, r.err)
+    assert r.err.startswith(f"error: {option}:") and "Traceback" not in r.err, r.err
+    assert not (tmp_path / "hybridgate.db").exists()  # refused before the database was even opened
+
+
+def test_a_stored_expiry_no_date_can_show_does_not_break_listing(tmp_path: Path) -> None:
+    # Written by a version that did not refuse it: listing still works and shows the number.
+    cfg = gateway_config(sqlite_url(tmp_path), BACKENDS, tmp_path)
+    create(cfg, "--name", "far")
+    with sqlite3.connect(tmp_path / "hybridgate.db") as db:
+        db.execute("UPDATE api_keys SET expires_at = 1e20")
+    r = cli("keys", "list", "--config", str(cfg), "-o", "json")
+    assert r.code == 0, r.err
+    assert r.json()[0]["expires_at"].startswith("1e+20")
+
+
+def test_a_name_an_active_key_has_is_refused_and_free_again_once_revoked(admin_gw: Proc) -> None:
+    url, master = admin_gw.url + "/admin/keys", {"Authorization": f"Bearer {MASTER}"}
+    first = httpx.post(url, headers=master, json={"name": "twin"})
+    assert first.status_code == 201, first.text
+    again = httpx.post(url, headers=master, json={"name": "twin", "rpm": 5})
+    assert again.status_code == 409, again.text
+    err = again.json()["error"]
+    assert err["param"] == "name" and err["code"] == "key_name_taken" and first.json()["id"] in err["message"]
+    assert [k["name"] for k in httpx.get(url, headers=master).json()["data"]].count("twin") == 1
+    assert httpx.delete(f"{url}/{first.json()['id']}", headers=master).status_code == 200
+    assert httpx.post(url, headers=master, json={"name": "twin"}).status_code == 201
+
+
+def test_the_cli_refuses_a_duplicate_name_with_3(tmp_path: Path) -> None:
+    cfg = gateway_config(sqlite_url(tmp_path), BACKENDS, tmp_path)
+    create(cfg, "--name", "ci")
+    r = cli("keys", "create", "--config", str(cfg), "--name", "ci")
+    assert r.code == 3 and r.err.startswith("error: --name: an active key named 'ci' already exists"), r.err
+    assert [k["name"] for k in cli("keys", "list", "--config", str(cfg), "-o", "json").json()] == ["ci"]
+
+
+def test_commands_name_their_database_and_read_only_ones_never_create_it(tmp_path: Path) -> None:
+    # The embedded default's database is relative to the folder a command runs in: an empty folder has none.
+    for args in (["keys", "list"], ["keys", "revoke", "key_nope"], ["usage"]):
+        r = cli(*args, cwd=tmp_path)
+        assert r.code == 2, (args, r.code, r.err)
+        assert f"no database at {tmp_path / '.hybridgate' / 'hybridgate.db'}" in r.err, r.err
+    assert list(tmp_path.iterdir()) == []
+    cfg = gateway_config(sqlite_url(tmp_path), BACKENDS, tmp_path)
+    made = cli("keys", "create", "--config", str(cfg), "--name", "here")
+    assert made.code == 0 and f"in {tmp_path / 'hybridgate.db'}" in made.err, made.err
+    listed = cli("keys", "list", "--config", str(cfg))
+    assert listed.code == 0 and str(tmp_path / "hybridgate.db") in listed.out, listed.out
 
 
 def test_admin_api_is_off_without_a_master_key(cli_gw: tuple[Proc, Path]) -> None:

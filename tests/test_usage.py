@@ -104,6 +104,10 @@ def test_from_and_to_bound_the_report(setup: dict[str, Any]) -> None:
         ({"to": "2020-13-45"}, "to"),
         ({"from": "2024-02-01", "to": "2024-01-01"}, "to"),
         ({"since": "7d"}, "since"),
+        ({"from": "inf"}, "from"),
+        ({"from": "1e20"}, "from"),
+        ({"to": "nan"}, "to"),
+        ({"from": "99999999999d"}, "from"),
     ],
 )
 def test_bad_parameters_are_400_naming_the_parameter(
@@ -130,3 +134,21 @@ def test_the_cli_reports_the_same_numbers(setup: dict[str, Any]) -> None:
     assert sum(x["requests"] for x in mine["data"]) == 2
     bad = cli("usage", "--by", "colour", "--config", str(cfg))
     assert bad.code == 3 and "--by" in bad.err
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["--since", "1e20"], "--since"),
+        (["--since", "inf"], "--since"),
+        (["--until", "nan"], "--until"),
+        (["--since", "99999999999d"], "--since"),
+        (["--since", "1d", "--until", "2d"], "--until"),
+    ],
+)
+def test_the_cli_names_a_bad_time_and_prints_no_traceback(
+    setup: dict[str, Any], args: list[str], option: str
+) -> None:
+    r = cli("usage", *args, "--config", str(setup["cfg"]))
+    assert r.code == 3, (r.code, r.err)
+    assert r.err.startswith(f"error: {option}") and "Traceback" not in r.err, r.err

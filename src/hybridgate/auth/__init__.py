@@ -17,7 +17,7 @@ from hybridgate.auth._keys import (
     hash_secret,
     new_secret,
 )
-from hybridgate.auth._spec import KeySpec, KeySpecError, parse_spec
+from hybridgate.auth._spec import KeyNameTaken, KeySpec, KeySpecError, parse_spec
 from hybridgate.protocol import AuthenticationError
 
 
@@ -127,6 +127,7 @@ __all__ = [
     "MASTER",
     "Authenticator",
     "KeyCache",
+    "KeyNameTaken",
     "KeyRecord",
     "KeySpec",
     "KeySpecError",

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 from sqlalchemy import func, insert, select, update
 
-from hybridgate.auth._spec import KeySpec
+from hybridgate.auth._spec import KeyNameTaken, KeySpec
 from hybridgate.store import Store, api_keys
 
 log = logging.getLogger("hybridgate.auth")
@@ -38,9 +38,14 @@ def hash_secret(secret: str) -> str:
 
 
 def fmt_time(ts: float | None) -> str:
+    """A stored time as a UTC date. Never raises: a value no date can show (a row written before such
+    values were refused) is shown as the number, so one bad row cannot break every listing."""
     if ts is None:
         return "-"
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    try:
+        return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (ValueError, OverflowError, OSError):
+        return f"{ts!r} (epoch seconds, not a date)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,19 +128,31 @@ class KeyStore:
         models: Iterable[str] | None = None,
         expires_at: float | None = None,
     ) -> NewKey:
+        """Store a new key; KeyNameTaken when an active key (not revoked, not expired) has the name."""
         secret = new_secret()
+        now = time.time()
         rec = KeyRecord(
             id="key_" + secrets.token_hex(6),
             name=name,
             prefix=secret[:_SHOWN],
             key_hash=hash_secret(secret),
-            created_at=time.time(),
+            created_at=now,
             budget_usd=budget_usd,
             rpm=rpm,
             models=tuple(models) if models is not None else None,
             expires_at=expires_at,
         )
         async with self.store.engine.begin() as conn:
+            # In the transaction that inserts; a revoked or expired key's name is free again (how a key is
+            # replaced). Two creates racing on one name can both pass: no unique index backs this.
+            same_name = await conn.execute(
+                select(api_keys.c.id, api_keys.c.expires_at).where(
+                    api_keys.c.name == name, api_keys.c.revoked_at.is_(None)
+                )
+            )
+            for row in same_name:
+                if row.expires_at is None or row.expires_at > now:
+                    raise KeyNameTaken(name, row.id)
             await conn.execute(
                 insert(api_keys).values(
                     id=rec.id,

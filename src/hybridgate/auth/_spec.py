@@ -8,6 +8,12 @@ from collections.abc import Sequence
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from hybridgate.store import parse_time
+from hybridgate.store._time import check_time
+
+# Bounds on what a key may carry. Past them a value is a typo (or an attack), and it must be refused before
+# anything is written: a stored value that cannot be used breaks every later listing of keys.
+MAX_BUDGET_USD = 1e9
+MAX_RPM = 2**31 - 1  # an INTEGER column, on PostgreSQL too
 
 
 class KeySpecError(ValueError):
@@ -19,16 +25,43 @@ class KeySpecError(ValueError):
         self.message = message
 
 
+class KeyNameTaken(KeySpecError):
+    """An active key already has this name: two keys one name cannot be told apart in listings and reports."""
+
+    def __init__(self, name: str, key_id: str) -> None:
+        super().__init__(
+            "name",
+            f"an active key named '{name}' already exists ({key_id}); revoke it first, or choose another name",
+        )
+        self.key_id = key_id
+
+
 class KeySpec(BaseModel):
     """A key to create. `expires_at`: a date, datetime, epoch seconds or a duration from now (30d)."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200)
-    budget_usd: float | None = Field(None, ge=0, validation_alias=AliasChoices("budget_usd", "budget"))
-    rpm: int | None = Field(None, ge=1)
+    # strict: `true` is not a budget of $1 nor a limit of 1 rpm, and "5" is not a number
+    budget_usd: float | None = Field(
+        None,
+        ge=0,
+        le=MAX_BUDGET_USD,
+        strict=True,
+        allow_inf_nan=False,
+        validation_alias=AliasChoices("budget_usd", "budget"),
+    )
+    rpm: int | None = Field(None, ge=1, le=MAX_RPM, strict=True)
     models: list[str] | None = None
     expires_at: str | float | None = None
+
+    @field_validator("expires_at", mode="before")
+    @classmethod
+    def _expires_at(cls, v: object) -> object:
+        if v is not None and (isinstance(v, bool) or not isinstance(v, str | int | float)):
+            shown = str(v).lower() if isinstance(v, bool) else repr(v)  # as JSON writes true and false
+            raise ValueError(f"give a date, a datetime, epoch seconds or a duration such as 30d, not {shown}")
+        return v
 
     @field_validator("models")
     @classmethod
@@ -47,7 +80,7 @@ class KeySpec(BaseModel):
         now = time.time() if now is None else now
         try:
             ts = (
-                float(self.expires_at)
+                check_time(float(self.expires_at), self.expires_at)
                 if isinstance(self.expires_at, int | float)
                 else parse_time(self.expires_at, now=now, future=True)
             )
@@ -73,7 +106,7 @@ def parse_spec(data: object) -> KeySpec:
     except ValidationError as e:
         err = e.errors()[0]
         field = ".".join(str(p) for p in err["loc"]) or "body"
-        raise KeySpecError(field, err["msg"]) from None
+        raise KeySpecError(field, err["msg"].removeprefix("Value error, ")) from None
 
 
-__all__ = ["KeySpec", "KeySpecError", "parse_spec"]
+__all__ = ["MAX_BUDGET_USD", "MAX_RPM", "KeyNameTaken", "KeySpec", "KeySpecError", "parse_spec"]

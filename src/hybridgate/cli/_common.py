@@ -14,7 +14,7 @@ import typer
 import typer.core
 
 from hybridgate.config import Config, ConfigError, load_config
-from hybridgate.store import Store, StoreError
+from hybridgate.store import Store, StoreError, sqlite_path
 
 EXIT_UNREACHABLE = 2
 EXIT_CONFIG = 3
@@ -89,8 +89,34 @@ def uvicorn_kwargs() -> dict[str, Any]:
     return kw
 
 
-def with_store(cfg: Config, fn: Callable[[Store], Awaitable[T]]) -> T:
-    """Open (and migrate) the config's database, run `fn` on it, close it. Unreachable: exit 2."""
+def database_label(cfg: Config) -> str:
+    """The config's database for messages: a SQLite file's absolute path (the default one is relative to
+    the folder a command runs in), else the URL without its password."""
+    try:
+        path = sqlite_path(cfg.database)
+    except Exception:  # not a URL at all: opening it says so
+        return cfg.database
+    return str(path.resolve()) if path is not None else Store(cfg.database).describe()
+
+
+def with_store(cfg: Config, fn: Callable[[Store], Awaitable[T]], *, create: bool = True) -> T:
+    """Open (and migrate) the config's database, run `fn` on it, close it. Unreachable: exit 2.
+
+    `create=False` for commands that only read or change what is there: a SQLite file that does not exist
+    is then an error (exit 2) naming it, instead of a new empty database in whatever folder this runs in.
+    """
+    if not create:
+        try:
+            path = sqlite_path(cfg.database)
+        except Exception:
+            path = None
+        if path is not None and not path.exists():
+            where = " (the embedded default's, relative to this folder)" if cfg.source.startswith("<") else ""
+            raise fail(
+                f"no database at {path.resolve()}{where}; `--config FILE` names another, and "
+                "`hybridgate serve` or `hybridgate db upgrade` creates it",
+                EXIT_UNREACHABLE,
+            )
 
     async def go() -> T:
         store = Store(cfg.database)

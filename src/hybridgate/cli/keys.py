@@ -7,11 +7,12 @@ from typing import Annotated, Optional
 import orjson
 import typer
 
-from hybridgate.auth import KeyCache, KeySpecError, KeyStore, fmt_time, parse_spec
+from hybridgate.auth import KeyCache, KeyNameTaken, KeySpecError, KeyStore, fmt_time, parse_spec
 from hybridgate.cli._common import (
     ConfigOpt,
     OutputOpt,
     check_output,
+    database_label,
     fail,
     load_or_exit,
     print_rich,
@@ -19,6 +20,11 @@ from hybridgate.cli._common import (
 )
 
 keys_app = typer.Typer(help="API keys: create, list, revoke.", no_args_is_help=True)
+
+
+def _option(e: KeySpecError) -> str:
+    """The option a bad key field came from: expires_at -> --expires, budget_usd -> --budget-usd."""
+    return "--" + e.field.split(".")[0].replace("_at", "").replace("_", "-")
 
 
 @keys_app.command("create")
@@ -54,8 +60,11 @@ def keys_create(
         spec.check_models(cfg.public_models())
         spec.expiry()
     except KeySpecError as e:
-        raise fail(f"--{e.field.replace('_at', '').replace('_', '-')}: {e.message}") from None
-    new = with_store(cfg, lambda store: KeyStore(store).create_spec(spec))
+        raise fail(f"{_option(e)}: {e.message}") from None
+    try:
+        new = with_store(cfg, lambda store: KeyStore(store).create_spec(spec))
+    except KeyNameTaken as e:
+        raise fail(f"{_option(e)}: {e.message}") from None
     if output == "json":
         typer.echo(
             orjson.dumps({**new.record.public(), "key": new.secret}, option=orjson.OPT_INDENT_2).decode()
@@ -69,8 +78,8 @@ def keys_create(
         f"expires {fmt_time(r.expires_at)}" if r.expires_at else "",
     ]
     typer.secho(
-        f"Created API key '{r.name}' ({r.id}; {'; '.join(x for x in limits if x) or 'no limits'}). "
-        "It is shown only this once:",
+        f"Created API key '{r.name}' ({r.id}; {'; '.join(x for x in limits if x) or 'no limits'}) "
+        f"in {database_label(cfg)}. It is shown only this once:",
         err=True,
     )
     typer.echo(new.secret)
@@ -81,14 +90,14 @@ def keys_list(config: ConfigOpt = None, output: OutputOpt = "table") -> None:
     """List keys: name, id, prefix, budget, spent, status (never the secret)."""
     check_output(output)
     cfg = load_or_exit(config)
-    records = with_store(cfg, lambda store: KeyStore(store).all())
+    records = with_store(cfg, lambda store: KeyStore(store).all(), create=False)
     rows = [r.public() for r in records]
     if output == "json":
         typer.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
         return
     from rich.table import Table
 
-    table = Table(title=f"API keys ({cfg.database})", title_justify="left")
+    table = Table(title=f"API keys in {database_label(cfg)}", title_justify="left")
     for col in ("name", "id", "prefix", "status", "budget", "spent", "rpm", "models", "expires"):
         table.add_column(
             col,
@@ -107,7 +116,11 @@ def keys_list(config: ConfigOpt = None, output: OutputOpt = "table") -> None:
             ", ".join(x["models"]) if x["models"] else "all",
             x["expires_at"] or "-",
         )
-    print_rich(table if rows else "No API keys yet: `hybridgate keys create --name NAME` makes one.")
+    print_rich(
+        table
+        if rows
+        else f"No API keys in {database_label(cfg)} yet: `hybridgate keys create --name NAME` makes one."
+    )
 
 
 @keys_app.command("revoke")
@@ -116,10 +129,13 @@ def keys_revoke(
 ) -> None:
     """Revoke a key: running gateways refuse it within seconds (the key cache's TTL)."""
     cfg = load_or_exit(config)
-    rec = with_store(cfg, lambda store: KeyStore(store).revoke(key_id))
+    rec = with_store(cfg, lambda store: KeyStore(store).revoke(key_id), create=False)
     if rec is None:
-        raise fail(f"no API key with id '{key_id}' (`hybridgate keys list` shows them)")
+        raise fail(
+            f"no API key with id '{key_id}' in {database_label(cfg)} (`hybridgate keys list` shows them)"
+        )
     typer.secho(
-        f"Revoked API key '{rec.name}' ({rec.id}); running gateways refuse it within {KeyCache.ttl_s:g}s.",
+        f"Revoked API key '{rec.name}' ({rec.id}) in {database_label(cfg)}; running gateways refuse new "
+        f"requests with it within {KeyCache.ttl_s:g}s (streams already running finish).",
         err=True,
     )

@@ -12,6 +12,7 @@ from hybridgate.cli._common import (
     ConfigOpt,
     OutputOpt,
     check_output,
+    database_label,
     fail,
     load_or_exit,
     print_rich,
@@ -37,14 +38,18 @@ def usage_cmd(
     check_output(output)
     if by not in GROUPS:
         raise fail(f"--by must be one of {', '.join(GROUPS)}, not '{by}'")
-    try:
-        start = parse_time(since) if since else None
-        end = parse_time(until) if until else None
-    except ValueError as e:
-        raise fail(f"--since/--until: {e}") from None
+    bounds: list[float | None] = []
+    for option, text in (("--since", since), ("--until", until)):
+        try:
+            bounds.append(parse_time(text) if text else None)
+        except ValueError as e:
+            raise fail(f"{option}: {e}") from None
+    start, end = bounds
+    if start is not None and end is not None and end <= start:
+        raise fail("--until must be later than --since")
     cfg = load_or_exit(config)
     report = with_store(
-        cfg, lambda store: usage_report(store, group_by=by, since=start, until=end, key_id=key)
+        cfg, lambda store: usage_report(store, group_by=by, since=start, until=end, key_id=key), create=False
     )
     if output == "json":
         typer.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
@@ -52,7 +57,10 @@ def usage_cmd(
     from rich.table import Table
 
     span = f"since {fmt_time(start)}" if start else "all time"
-    table = Table(title=f"Usage by {by}, {span}" + (f", key {key}" if key else ""), title_justify="left")
+    table = Table(
+        title=f"Usage by {by}, {span}" + (f", key {key}" if key else "") + f" ({database_label(cfg)})",
+        title_justify="left",
+    )
     for col in (by, "requests", "attempts", "input tokens", "output tokens", "cost (USD)"):
         table.add_column(col, justify="left" if col == by else "right")
     for x in report["data"]:

@@ -13,8 +13,8 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Depends, Request
 
-from hybridgate.auth import KeyCache, KeySpec, KeySpecError, KeyStore, parse_spec
-from hybridgate.protocol import BadRequestError, NotFoundError, PayloadTooLargeError
+from hybridgate.auth import KeyCache, KeyNameTaken, KeySpec, KeySpecError, KeyStore, parse_spec
+from hybridgate.protocol import BadRequestError, GatewayError, NotFoundError, PayloadTooLargeError
 from hybridgate.protocol._control import ApiKey, ApiKeyList, ErrorResponse, NewApiKey
 
 _MAX_BODY = 64 * 1024
@@ -25,6 +25,14 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         "description": "An API key instead of the master key, or no master key set",
     },
 }
+
+
+class NameTakenError(GatewayError):
+    """409: an active key already has the name asked for."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "key_name_taken"
 
 
 def _no_key(key_id: str) -> NotFoundError:
@@ -46,7 +54,10 @@ def router(
         status_code=201,
         response_model=NewApiKey,
         summary="Create an API key; the answer holds its secret, shown this once",
-        responses={400: {"model": ErrorResponse}},
+        responses={
+            400: {"model": ErrorResponse},
+            409: {"model": ErrorResponse, "description": "An active key already has this name"},
+        },
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -69,7 +80,10 @@ def router(
             spec.expiry()
         except KeySpecError as e:
             raise BadRequestError(e.message, param=e.field) from None
-        new = await keys.create_spec(spec)
+        try:
+            new = await keys.create_spec(spec)
+        except KeyNameTaken as e:
+            raise NameTakenError(e.message, param=e.field) from None
         cache.put(new.record)  # usable on this gateway at once
         return {**new.record.public(), "key": new.secret}
 
