@@ -53,7 +53,10 @@ def _usage_exit(e: UsageError) -> None:
 ConfigOpt = Annotated[
     Optional[Path],  # noqa: UP045 - typer needs Optional here
     typer.Option(
-        "--config", "-c", help="YAML config file (default: the embedded default: SQLite, mock backend)."
+        "--config",
+        "-c",
+        help="YAML config file (default: the embedded default: SQLite at ./.hybridgate/hybridgate.db, "
+        "backends mock and local, the model gemma-3-270m).",
     ),
 ]
 OutputOpt = Annotated[str, typer.Option("--output", "-o", help="table or json.")]

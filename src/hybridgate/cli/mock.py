@@ -10,7 +10,8 @@ from hybridgate.cli._common import fail, uvicorn_kwargs
 
 
 def mock_server(
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 9100,
+    # From 1: it says its URL before it binds, so "any free port" (0) would be a URL that is not its own
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 9100,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     latency_ms: Annotated[float, typer.Option(help="Delay before every answer (ms).")] = 0.0,
     ttft_ms: Annotated[
