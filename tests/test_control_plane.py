@@ -146,6 +146,19 @@ def test_without_a_valid_key_the_control_plane_is_a_401(gw: Proc, path: str, tok
     assert err["type"] == "authentication_error"
 
 
+def test_the_root_says_what_the_gateway_is_and_links_the_docs(gw: Proc) -> None:
+    r = httpx.get(gw.url + "/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/json"), r.text
+    info = r.json()
+    assert info["name"] == "hybridgate" and "OpenAI-compatible" in info["description"]
+    assert (info["docs"], info["openapi"], info["openai_base_url"]) == ("/docs", "/openapi.json", gw.base_url)
+    page = httpx.get(gw.url + "/", headers={"Accept": "text/html,application/xhtml+xml;q=0.9"})
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert 'href="/docs"' in page.text and gw.base_url in page.text
+    # Not part of the API it describes: /openapi.json leaves it out, as it does /docs.
+    assert "/" not in httpx.get(gw.url + "/openapi.json").json()["paths"]
+
+
 # --- models through the openai client ------------------------------------------------------------------
 def test_models_retrieve_through_the_openai_client(gw: Proc) -> None:
     c = client(gw)

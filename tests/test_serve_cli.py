@@ -1,5 +1,5 @@
-"""`hybridgate serve` and `mock-server` as a person starts them: options checked before anything listens,
-and "serving" said only once it is true, with the port that is really listening."""
+"""`hybridgate serve`, `mock-server` and `--version` as a person runs them: options checked before anything
+listens, and "serving" said only once it is true, with the port that is really listening."""
 
 from __future__ import annotations
 
@@ -122,3 +122,10 @@ def test_serve_help_describes_the_default_config_with_the_local_model(tmp_path: 
     assert r.returncode == 0
     text = " ".join(r.stdout.replace("│", " ").split())
     assert "gemma-3-270m" in text and "mock" in text and "hybridgate[local]" in text
+
+
+def test_version_prints_the_package_version(tmp_path: Path) -> None:
+    from hybridgate import __version__
+
+    r = run("--version", cwd=tmp_path)
+    assert (r.returncode, r.stdout) == (0, f"hybridgate {__version__}\n")

@@ -6,9 +6,11 @@ One module per command group; this one builds the `app` and registers their comm
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 import typer
 
+from hybridgate import __version__
 from hybridgate.cli import check, db, drift, keys, mock, serve, usage
 from hybridgate.cli._common import _Group
 
@@ -20,6 +22,23 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"hybridgate {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", is_eager=True, callback=_print_version, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Options before any command."""
+
 
 app.command()(serve.serve)
 app.command("mock-server")(mock.mock_server)

@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from hybridgate import __version__
 from hybridgate._asgi import Receive, Scope, Send
-from hybridgate.api.control import _deps, _docs, _errors, admin, health, models, usage
+from hybridgate.api.control import _deps, _docs, _errors, admin, health, models, root, usage
 from hybridgate.auth import KeyStore
 from hybridgate.protocol import ChatCompletionRequest, CompletionRequest
 from hybridgate.protocol._control import ErrorResponse
@@ -86,6 +86,7 @@ def build(gw: Gateway) -> FastAPI:
     )
     app.include_router(usage.router(gw.ledger, principal), responses=_deps.UNAUTHENTICATED)
     app.include_router(admin.router(KeyStore(gw.store), gw.keys, gw.manager.models, master))
+    app.include_router(root.router())
     anchor = _HotAnchor(gw)
     for path in HOT:
         app.router.routes.append(Route(path, anchor, methods=["POST"], include_in_schema=False))
