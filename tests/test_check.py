@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import re
 import subprocess
 import sys
 import threading
@@ -27,9 +29,17 @@ SUMMARY_KEYS = {"total", "passed", "failed", "skipped", "duration_seconds"}
 LOAD_KEYS = {"requests_per_second", "p50_latency_ms", "p95_latency_ms", "p99_latency_ms", "error_rate"}
 
 
-def hybridgate(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+def hybridgate(
+    *args: str, timeout: float = 180, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The real command, without the caller's own OpenAI variables (which `check` reads) unless given."""
+    base = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
     return subprocess.run(
-        [sys.executable, "-m", "hybridgate", *args], capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "hybridgate", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**base, **(env or {})},
     )
 
 
@@ -160,6 +170,120 @@ def test_smoke_and_canary_pass_against_the_local_gemma_model(tmp_path: Path) -> 
     assert by_name(report)["canary.capital_of_france"]["metrics"]["outcome"] == "correct"
 
 
+def test_check_reads_the_openai_variables_that_make_run_prints(tmp_path: Path) -> None:
+    # `make run` is `serve --first-key`: it creates a key, so every call needs one, and prints two exports.
+    cfg = {
+        "backends": [{"name": "mock", "kind": "mock", "models": {"mock": "mock"}, "price": {"free": True}}]
+    }
+    gw = start_gateway(cfg, workdir=tmp_path, extra_args=["--first-key"])
+    try:
+        exports = dict(re.findall(r"export (OPENAI_API_KEY|OPENAI_BASE_URL)=(\S+)", gw.log()))
+        assert set(exports) == {"OPENAI_API_KEY", "OPENAI_BASE_URL"}, gw.log()
+        p = hybridgate("check", "--suite", "smoke,canary", "--output", "json", env=exports)
+        without = hybridgate(
+            "check", "--suite", "smoke", "--output", "json", env={**exports, "OPENAI_API_KEY": ""}
+        )
+    finally:
+        gw.stop()
+    report = orjson.loads(p.stdout)
+    assert p.returncode == 0, [t for t in report["tests"] if t["status"] != "passed"]
+    assert report["target"] == gw.base_url
+    assert (
+        without.returncode == 1 and "HTTP 401" in without.stdout
+    )  # the key did the work, not an open gateway
+
+
+def test_the_canary_says_when_the_model_under_test_is_a_mock(mock: Proc) -> None:
+    code, report = check_json(mock.base_url, "smoke,canary")
+    assert code == 0
+    canary = by_name(report)["canary.capital_of_france"]["metrics"]
+    assert canary["outcome"] == "correct" and canary["mock"] is True
+    assert "'mock', is a mock" in canary["note"]
+    assert by_name(report)["smoke.models"]["metrics"]["mock"] is True
+    text = hybridgate("check", "--target", mock.base_url, "--suite", "canary")
+    assert text.returncode == 0 and "is a mock" in " ".join(text.stdout.split())
+
+
+def test_check_prefers_a_model_that_is_not_a_mock(mock: Proc, tmp_path: Path) -> None:
+    cfg = {
+        "backends": [
+            {
+                "name": "mock",
+                "kind": "mock",
+                "models": {"mock": "mock"},
+                "priority": 1,
+                "price": {"free": True},
+            },
+            {
+                "name": "remote",
+                "kind": "openai",
+                "base_url": mock.base_url,
+                "models": {"remote-model": "mock"},
+                "priority": 2,
+                "price": {"free": True},
+            },
+        ]
+    }
+    gw = start_gateway(cfg, workdir=tmp_path)
+    try:
+        code, report = check_json(gw.base_url, "smoke,canary")
+        forced = check_json(gw.base_url, "canary", "--model", "mock")[1]
+    finally:
+        gw.stop()
+    assert code == 0, [t for t in report["tests"] if t["status"] != "passed"]
+    tests = by_name(report)
+    assert tests["smoke.models"]["metrics"]["models"] == ["mock", "remote-model"]
+    assert tests["smoke.models"]["metrics"]["model"] == "remote-model"
+    assert tests["canary.capital_of_france"]["metrics"]["model"] == "remote-model"
+    assert "mock" not in tests["canary.capital_of_france"]["metrics"]
+    # Asked for by name, the gateway's mock backend is tested, and the report says what it is.
+    assert by_name(forced)["canary.capital_of_france"]["metrics"]["mock"] is True
+
+
+class _Gateway(BaseHTTPRequestHandler):
+    """What a gateway lists and says of its backends: a mock, a local model that cannot answer yet, and
+    (when `paid_routable`) a routable paid model."""
+
+    paid_routable = True
+
+    def do_GET(self) -> None:
+        backends = [
+            {"name": "mock", "kind": "mock", "models": ["mock"], "routable": True},
+            {"name": "local", "kind": "llamacpp", "models": ["gemma"], "routable": False},
+            {"name": "paid", "kind": "openai", "models": ["gpt"], "routable": self.paid_routable},
+        ]
+        models = [
+            {"id": m, "object": "model", "created": 0, "owned_by": "hybridgate"}
+            for m in ("mock", "gemma", "gpt")
+        ]
+        body = {"/health/backends": {"backends": backends}, "/v1/models": {"object": "list", "data": models}}
+        raw = orjson.dumps(body.get(self.path, {"status": "ok"}))
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("paid_routable", "chosen"), [(True, "gpt"), (False, "mock")])
+def test_the_default_model_skips_mocks_and_models_that_cannot_answer_now(
+    paid_routable: bool, chosen: str
+) -> None:
+    handler = type("Handler", (_Gateway,), {"paid_routable": paid_routable})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    ctx = Context(CheckOptions.create(f"http://127.0.0.1:{server.server_port}/v1"))
+    try:
+        assert ctx.model == chosen
+        assert ctx.is_mock("mock") and not ctx.is_mock("gemma") and not ctx.is_mock("gpt")
+    finally:
+        ctx.close()
+        server.shutdown()
+
+
 # --- exit codes ---------------------------------------------------------------------------------------------
 def test_an_unreachable_target_exits_2_and_fails_no_test(tmp_path: Path) -> None:
     target = f"http://127.0.0.1:{free_port()}/v1"
@@ -215,7 +339,7 @@ def test_a_bad_suite_exits_3_from_the_real_command() -> None:
     ],
 )
 def test_bad_arguments_exit_3_never_2(args: list[str], message: str) -> None:
-    result = CliRunner().invoke(app, ["check", *args])
+    result = CliRunner().invoke(app, ["check", *args], env={"OPENAI_BASE_URL": None, "OPENAI_API_KEY": None})
     assert result.exit_code == 3, result.output
     assert message in " ".join(result.output.replace("│", " ").split())  # typer's error box wraps lines
 

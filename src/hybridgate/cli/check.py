@@ -14,18 +14,26 @@ from hybridgate.cli._common import EXIT_UNREACHABLE, TextOrJson, fail, text_or_j
 
 
 def check(
+    # The openai client's own variables, so the two lines `make run` prints are all a check needs too.
     target: Annotated[
         str,
         typer.Option(
-            help="OpenAI base URL, e.g. http://127.0.0.1:8080/v1 (health: GET /health at its root)."
+            envvar="OPENAI_BASE_URL",
+            help="OpenAI base URL, e.g. http://127.0.0.1:8080/v1 (health: GET /health at its root).",
         ),
     ],
     suite: Annotated[
         str, typer.Option(help="smoke, contract, canary, load, all, or a comma list.")
     ] = "smoke",
-    api_key: Annotated[str | None, typer.Option(help="Bearer key for /v1 calls.")] = None,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="OPENAI_API_KEY", help="Bearer key for /v1 calls.")
+    ] = None,
     model: Annotated[
-        str | None, typer.Option(help="Model to test (default: the first /v1/models lists).")
+        str | None,
+        typer.Option(
+            help="Model to test (default: the first /v1/models lists that is not a mock and can answer now, "
+            "else the first)."
+        ),
     ] = None,
     output: TextOrJson = "text",
     json_file: Annotated[Path | None, typer.Option(help="Also write the JSON report to this file.")] = None,

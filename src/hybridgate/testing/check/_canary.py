@@ -34,6 +34,12 @@ def capital_of_france(ctx: Context) -> Metrics:
             {"outcome": "error", "status": r.status_code, "latency_ms": ms},
         ) from None
     m: Metrics = {"outcome": "correct", "answer": answer[:200], "model": ctx.model, "latency_ms": ms}
+    if ctx.is_mock(ctx.model) or r.headers.get("x-hybridgate-backend") in ctx.mock_backends():
+        m["mock"] = True
+        m["note"] = (
+            f"the model under test, '{ctx.model}', is a mock: its answer is canned, so this proves nothing "
+            "about a real model (--model names another)"
+        )
     if not is_correct(answer):
         m["outcome"] = "wrong_answer"
         raise CheckFailed(f"wrong answer: expected 'Paris' in {answer[:200]!r}", m)

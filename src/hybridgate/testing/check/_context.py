@@ -102,6 +102,8 @@ class Context:
         )
         self.probe: Probe | None = None
         self.models: list[str] | None = None
+        self.owners: dict[str, str] = {}  # model id -> owned_by, from GET /v1/models
+        self._backends: list[dict[str, Any]] | None = None
         self._model: str | None = opts.model
         self._openai: openai.OpenAI | None = None
         # Set by the load suite, read by the runner into the report's `load_test`.
@@ -150,20 +152,53 @@ class Context:
             try:
                 data = r.json()["data"]
                 self.models = [str(m["id"]) for m in data]
-            except (ValueError, KeyError, TypeError) as e:
+                self.owners = {str(m["id"]): str(m.get("owned_by", "")) for m in data}
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
                 raise CheckFailed(
                     f"GET /v1/models is not a model list: {type(e).__name__}: {r.text[:200]}"
                 ) from None
         return self.models
 
+    def backends(self) -> list[dict[str, Any]]:
+        """A hybridgate gateway's backends, from GET /health/backends at the root (cached); [] elsewhere."""
+        if self._backends is None:
+            self._backends = []
+            try:
+                r = self.http.get(self.root + "/health/backends")
+                if r.status_code == 200:
+                    self._backends = [b for b in r.json()["backends"] if isinstance(b, dict)]
+            except (httpx.HTTPError, ValueError, KeyError, TypeError):
+                pass  # not a hybridgate gateway, or not one that says: nothing known
+        return self._backends
+
+    def mock_backends(self) -> set[str]:
+        """Names of the gateway's backends of kind mock."""
+        return {str(b.get("name")) for b in self.backends() if b.get("kind") == "mock"}
+
+    def is_mock(self, model: str) -> bool:
+        """Whether `model` is known to be a mock: a mock server lists it as its own, or every gateway
+        backend that serves it is a mock. A canned answer from it proves nothing about a real model."""
+        if self.owners.get(model) == "hybridgate-mock":
+            return True
+        serving = [b for b in self.backends() if model in (b.get("models") or ())]
+        return bool(serving) and all(b.get("kind") == "mock" for b in serving)
+
+    def _routable(self, model: str) -> bool:
+        """False only when the gateway says no backend of the model can take a call now (e.g. a local
+        model still loading, or failed for want of its extra)."""
+        serving = [b for b in self.backends() if model in (b.get("models") or ())]
+        return not serving or any(b.get("routable") for b in serving)
+
     @property
     def model(self) -> str:
-        """The model every request uses: --model, else the first one the target lists."""
+        """The model every request uses: --model, else the first listed model that is not a mock and can
+        be served now, else the first listed one."""
         if self._model is None:
             models = self.list_models()
             if not models:
                 raise CheckFailed("no model to test: GET /v1/models listed none and --model was not given")
-            self._model = models[0]
+            real = [m for m in models if not self.is_mock(m) and self._routable(m)]
+            self._model = real[0] if real else models[0]
         return self._model
 
     @property

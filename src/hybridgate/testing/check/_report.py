@@ -84,7 +84,11 @@ def _detail(t: TestResult) -> str:
         return t.error
     m = t.metrics or {}
     merged = {**m, **(m.get("behaviour") or {})}
-    shown = {k: v for k, v in merged.items() if isinstance(v, int | float | str) and not isinstance(v, bool)}
+    shown = {
+        k: v
+        for k, v in merged.items()
+        if isinstance(v, int | float | str) and not isinstance(v, bool) and k != "note"  # printed below
+    }
     return ", ".join(f"{k}={v}" for k, v in list(shown.items())[:5])
 
 
@@ -103,6 +107,10 @@ def render_text(report: Report, console: Any = None) -> None:
         status = "unreachable" if t.unreachable else t.status
         table.add_row(t.name, f"[{_STYLE[t.status]}]{status}[/]", f"{t.duration * 1000:.0f} ms", _detail(t))
     console.print(table)
+    for t in report.tests:  # what a passing test still wants a reader to know (e.g. the model is a mock)
+        note = (t.metrics or {}).get("note")
+        if isinstance(note, str):
+            console.print(f"[yellow]note[/] ({t.name}): {note}")
     if report.load_test is not None:
         lt = report.load_test
         console.print(

@@ -27,7 +27,7 @@ def models(ctx: Context) -> Metrics:
         raise CheckFailed("GET /v1/models lists no model")
     if ctx.opts.model is not None and ctx.opts.model not in ids:
         raise CheckFailed(f"--model {ctx.opts.model!r} is not among the listed models: {', '.join(ids[:20])}")
-    return {"count": len(ids), "models": ids[:20]}
+    return {"count": len(ids), "models": ids[:20], "model": ctx.model, "mock": ctx.is_mock(ctx.model)}
 
 
 def completion(ctx: Context) -> Metrics:
