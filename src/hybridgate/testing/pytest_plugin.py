@@ -133,11 +133,21 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     tr.write_line(f"total ${ledger.spent_usd:.6f} of the ${ledger.cap_usd:.6f} cap (--max-cost-usd)")
 
 
+def _skip(reason: str) -> NoReturn:
+    """Skip the running test, reported at the test's own line: `pytest.skip()` called here would report
+    this plugin's file in `-rs`, and the reader wants the test that was skipped."""
+    try:
+        skipped = pytest.skip.Exception(reason, _use_item_location=True)
+    except TypeError:  # a pytest without the option: a skip all the same, reported here
+        pytest.skip(reason)
+    raise skipped
+
+
 def require_env(name: str) -> str:
     """The variable's value; skips the calling test (never errors) when it is unset or empty."""
     value = os.environ.get(name, "")
     if not value.strip():
-        pytest.skip(f"{name} is not set")
+        _skip(f"{name} is not set")
     return value
 
 
@@ -173,7 +183,7 @@ def _on_refusal(err: BudgetError) -> NoReturn:
     # Exception` in user code, and the test ends as a skip (budget) or a failure (wrong tier), never an error.
     if isinstance(err, PaidCallForbidden):
         pytest.fail(str(err), pytrace=False)
-    pytest.skip(str(err))
+    _skip(str(err))
 
 
 # --- processes ----------------------------------------------------------------------------------------------
