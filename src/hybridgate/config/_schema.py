@@ -105,17 +105,35 @@ class ConcurrencyConfig(_Strict):
 
 
 class MockOptions(_Strict):
-    """Behaviour of the built-in mock backend (kind: mock); the same knobs as `hybridgate mock-server`."""
+    """Behaviour of the built-in mock backend (kind: mock); the same knobs as `hybridgate mock-server`.
 
-    latency_ms: float = Field(0.0, ge=0)
-    ttft_ms: float | None = Field(None, ge=0)
-    tokens_per_s: float = Field(0.0, ge=0)
-    fail_rate: float = Field(0.0, ge=0, le=1)
+    Every number is finite and bounded, so no setting can overflow a timer: a wait of at most an hour, a
+    speed of 0 (instant) or from one token in 1,000 s to a million a second.
+    """
+
+    latency_ms: float = Field(0.0, ge=0, allow_inf_nan=False)
+    ttft_ms: float | None = Field(None, ge=0, allow_inf_nan=False)
+    tokens_per_s: float = Field(0.0, ge=0, allow_inf_nan=False)
+    fail_rate: float = Field(0.0, ge=0, le=1, allow_inf_nan=False)
     fail_status: int = Field(500, ge=400, le=599)
     hang: bool = False
     drop_mid_stream: bool = False
     stall_mid_stream: bool = False
     seed: int = 0
+
+    @field_validator("latency_ms", "ttft_ms")
+    @classmethod
+    def _at_most_an_hour(cls, v: float | None) -> float | None:
+        if v is not None and v > 3_600_000:
+            raise ValueError("must be at most 3600000 ms (one hour)")
+        return v
+
+    @field_validator("tokens_per_s")
+    @classmethod
+    def _a_plausible_speed(cls, v: float) -> float:
+        if v and not 0.001 <= v <= 1_000_000:
+            raise ValueError("must be 0 (instant) or from 0.001 to 1000000 tokens per second")
+        return v
 
 
 class BackendConfig(_Strict):
