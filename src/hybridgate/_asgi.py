@@ -102,6 +102,25 @@ async def send_error(send: Send, err: GatewayError, extra: Iterable[tuple[bytes,
     await send_json(send, err.status, err.body(), [*hdrs, *extra])
 
 
+async def refuse_websocket(scope: Scope, receive: Receive, send: Send, err: GatewayError) -> None:
+    """Turn a WebSocket upgrade down with `err`, as a plain HTTP answer in OpenAI's shape.
+
+    An app that returns without answering the handshake makes the server log an error and answer 500. The
+    ASGI denial response carries our status and body; a server without it can only be told to close, which
+    it answers with 403.
+    """
+    if (await receive())["type"] != "websocket.connect":
+        return  # the client left first
+    if "websocket.http.response" not in (scope.get("extensions") or {}):
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    hdrs = [(k.lower().encode(), v.encode()) for k, v in err.headers.items()]
+    await send(
+        {"type": "websocket.http.response.start", "status": err.status, "headers": [*JSON_HEADERS, *hdrs]}
+    )
+    await send({"type": "websocket.http.response.body", "body": orjson.dumps(err.body())})
+
+
 def sse(obj: Any) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Optional
 
 import typer
@@ -37,10 +38,15 @@ def mock_server(
 ) -> None:
     """Run the mock backend as an OpenAI-compatible HTTP server (free, deterministic, faults on demand)."""
     import uvicorn
+    from pydantic import ValidationError
 
     from hybridgate.backends.mock import MockBehaviour
-    from hybridgate.testing.mocks.openai import MockServer
+    from hybridgate.testing.mocks.openai import MockServer, option_errors
 
+    if model is not None and not all(m.strip() for m in model):
+        raise fail("--model: a model name must not be empty")
+    if api_key is not None and not api_key.strip():
+        raise fail("--api-key: must not be empty (leave it out to serve without a key)")
     try:
         behaviour = MockBehaviour()
         behaviour.update(
@@ -56,10 +62,24 @@ def mock_server(
                 seed=seed,
             )
         )
-    except Exception as e:
-        raise fail(f"bad mock-server option: {e}") from None
+    except ValidationError as e:
+        # The settings are MockOptions' fields; a user typed flags, so the message names the flags.
+        raise fail(
+            "; ".join(f"--{name.replace('_', '-')}: {why}" for name, why in option_errors(e))
+        ) from None
     server = MockServer(behaviour, models=model, api_key=api_key)
     typer.secho(
         f"hybridgate mock-server: http://{host}:{port}/v1 (models: {', '.join(server.models)})", err=True
     )
+    logging.getLogger("uvicorn.error").addFilter(_denied_handshake_is_no_error)
     uvicorn.run(server, host=host, port=port, **uvicorn_kwargs())
+
+
+def _denied_handshake_is_no_error(record: logging.LogRecord) -> bool:
+    """Drop uvicorn's false alarm after the server refuses a WebSocket upgrade with a 404.
+
+    uvicorn's websockets-sansio protocol (the default with uvicorn[standard]) sends the denial response but
+    never marks that handshake complete, so it then logs an error although the client got its answer.
+    TODO: remove once uvicorn marks a denied handshake complete (Kludex/uvicorn#3138).
+    """
+    return record.getMessage() != "ASGI callable returned without completing handshake."

@@ -1,16 +1,19 @@
 """`hybridgate mock-server`: the mock backend as a real OpenAI-compatible HTTP server.
 
 Routes follow vLLM and llama.cpp's server: /v1/chat/completions, /v1/completions and /v1/models under
-/v1, GET /health at the root. Faults can be changed while it runs: GET/POST /_mock/config.
+/v1, GET /health at the root. Faults can be changed while it runs: GET/POST /_mock/config. WebSocket
+upgrades are refused with a 404.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import orjson
+from pydantic import ValidationError
 
 from hybridgate._asgi import (
     SSE_DONE,
@@ -21,6 +24,7 @@ from hybridgate._asgi import (
     Send,
     header,
     read_body,
+    refuse_websocket,
     send_error,
     send_json,
     sse,
@@ -32,13 +36,30 @@ from hybridgate.protocol import (
     BadRequestError,
     GatewayError,
     ModelNotFoundError,
+    NotFoundError,
     parse_request,
 )
-from hybridgate.protocol._errors import NotFoundError
 
 
 class MockDroppedConnection(Exception):
     """Raised inside the ASGI app to make the server cut the connection mid-stream (injected fault)."""
+
+
+class MethodNotAllowedError(GatewayError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+def option_errors(e: ValidationError) -> list[tuple[str, str]]:
+    """(setting, reason) for each mock setting that `MockBehaviour.update` refused."""
+    return [
+        (".".join(str(p) for p in err["loc"]) or "body", err["msg"].removeprefix("Value error, "))
+        for err in e.errors()
+    ]
+
+
+Handler = Callable[["MockServer", Scope, bytes, Send], Coroutine[Any, Any, None]]
 
 
 class MockServer:
@@ -53,6 +74,8 @@ class MockServer:
         self.models = models or ["mock"]
         self.api_key = api_key
         self.max_body_bytes = max_body_bytes
+        # Answers under way (the config routes excepted): a test can see that a client leaving ends its own.
+        self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -63,50 +86,58 @@ class MockServer:
                 elif msg["type"] == "lifespan.shutdown":
                     await send({"type": "lifespan.shutdown.complete"})
                     return
+        path = scope["path"].rstrip("/") or "/"
+        if scope["type"] == "websocket":
+            err = NotFoundError(f"No WebSocket endpoint at {path}: this server answers plain HTTP only.")
+            await refuse_websocket(scope, receive, send, err)
+            return
         if scope["type"] != "http":
             return
-        method, path = scope["method"], scope["path"].rstrip("/") or "/"
+        method = scope["method"]
         try:
-            if path == "/health" and method == "GET":
-                if self.engine.behaviour.hang:
-                    await self.engine.before_answer(False)
-                await send_json(send, 200, {"status": "ok"})
-            elif path == "/_mock/config":
-                if method == "POST":
-                    changes = orjson.loads(await read_body(scope, receive, self.max_body_bytes) or b"{}")
-                    try:
-                        self.engine.behaviour.update(changes)
-                    except Exception as e:
-                        raise BadRequestError(f"invalid mock config: {e}") from None
-                await send_json(
-                    send, 200, {**self.engine.behaviour.as_dict(), "requests": self.engine.requests}
-                )
-            elif path.startswith("/v1/"):
+            if path.startswith("/v1/"):
                 self._check_key(scope)
-                if path == "/v1/models" and method == "GET":
-                    await send_json(
-                        send,
-                        200,
-                        {
-                            "object": "list",
-                            "data": [
-                                {"id": m, "object": "model", "created": 0, "owned_by": "hybridgate-mock"}
-                                for m in self.models
-                            ],
-                        },
-                    )
-                elif path in ("/v1/chat/completions", "/v1/completions") and method == "POST":
-                    await self._complete(
-                        scope, receive, send, "chat" if path.endswith("chat/completions") else "completions"
-                    )
-                else:
-                    raise NotFoundError(f"Unknown path {method} {path}.")
-            else:
+            methods = _ROUTES.get(path)
+            if methods is None:
                 raise NotFoundError(f"Unknown path {method} {path}.")
+            handler = methods.get(method)
+            if handler is None:
+                allow = ", ".join(methods)
+                raise MethodNotAllowedError(
+                    f"Method {method} is not allowed on {path} (allowed: {allow}).", headers={"Allow": allow}
+                )
+            body = await read_body(scope, receive, self.max_body_bytes)
+            if path == "/_mock/config":
+                await handler(self, scope, body, send)
+            else:
+                await self._until_disconnect(receive, handler(self, scope, body, send))
         except GatewayError as e:
             await send_error(send, e)
         except ClientGone:
             return
+
+    async def _until_disconnect(self, receive: Receive, answer: Awaitable[None]) -> None:
+        """Run `answer`, cancelled as soon as its client disconnects: a hung, slow or stalled answer must not
+        outlive the client that asked for it (the body is read, so the next message is the disconnect)."""
+
+        async def disconnected() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        self.in_flight += 1
+        work = asyncio.ensure_future(answer)
+        gone = asyncio.ensure_future(disconnected())
+        try:
+            await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not work.done():
+                work.cancel()
+                # The answer's own cleanup runs before this request counts as ended.
+                await asyncio.wait((work,))
+            self.in_flight -= 1
+        if not work.cancelled():
+            work.result()  # an answer's error (an injected drop, a refusal) is this request's
 
     def _check_key(self, scope: Scope) -> None:
         if self.api_key is None:
@@ -115,8 +146,59 @@ class MockServer:
         if token is None or not hmac.compare_digest(token.encode(), self.api_key.encode()):
             raise AuthenticationError("Invalid or missing API key for the mock server.")
 
-    async def _complete(self, scope: Scope, receive: Receive, send: Send, endpoint: Any) -> None:
-        raw = await read_body(scope, receive, self.max_body_bytes)
+    async def _health(self, scope: Scope, body: bytes, send: Send) -> None:
+        if self.engine.behaviour.hang:
+            await self.engine.before_answer(False)
+        await send_json(send, 200, {"status": "ok"})
+
+    async def _config(self, scope: Scope, body: bytes, send: Send) -> None:
+        await send_json(
+            send,
+            200,
+            {
+                **self.engine.behaviour.as_dict(),
+                "requests": self.engine.requests,
+                "in_flight": self.in_flight,
+            },
+        )
+
+    async def _set_config(self, scope: Scope, body: bytes, send: Send) -> None:
+        try:
+            changes = orjson.loads(body) if body.strip() else {}
+        except orjson.JSONDecodeError:
+            changes = None
+        if not isinstance(changes, dict):
+            raise BadRequestError('The mock config must be a JSON object of settings, e.g. {"hang": true}.')
+        try:
+            self.engine.behaviour.update(changes)
+        except ValidationError as e:
+            refused = option_errors(e)
+            raise BadRequestError(
+                "Invalid mock config: " + "; ".join(f"'{name}': {why}" for name, why in refused),
+                param=refused[0][0],
+            ) from None
+        await self._config(scope, body, send)
+
+    async def _models(self, scope: Scope, body: bytes, send: Send) -> None:
+        await send_json(
+            send,
+            200,
+            {
+                "object": "list",
+                "data": [
+                    {"id": m, "object": "model", "created": 0, "owned_by": "hybridgate-mock"}
+                    for m in self.models
+                ],
+            },
+        )
+
+    async def _chat(self, scope: Scope, body: bytes, send: Send) -> None:
+        await self._complete(body, send, "chat")
+
+    async def _completions(self, scope: Scope, body: bytes, send: Send) -> None:
+        await self._complete(body, send, "completions")
+
+    async def _complete(self, raw: bytes, send: Send, endpoint: Any) -> None:
         body, req = parse_request(raw, endpoint)
         if req.model not in self.models:
             raise ModelNotFoundError(f"The model '{req.model}' does not exist.", param="model")
@@ -141,3 +223,13 @@ class MockServer:
                 continue
             await send({"type": "http.response.body", "body": sse(chunk), "more_body": True})
         await send({"type": "http.response.body", "body": SSE_DONE, "more_body": False})
+
+
+# path -> method -> handler; a known path asked with another method is a 405 that lists these.
+_ROUTES: dict[str, dict[str, Handler]] = {
+    "/health": {"GET": MockServer._health},
+    "/_mock/config": {"GET": MockServer._config, "POST": MockServer._set_config},
+    "/v1/models": {"GET": MockServer._models},
+    "/v1/chat/completions": {"POST": MockServer._chat},
+    "/v1/completions": {"POST": MockServer._completions},
+}
