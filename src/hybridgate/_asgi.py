@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 import orjson
 
-from hybridgate.protocol import GatewayError, PayloadTooLargeError, RequestTimeoutError
+from hybridgate.protocol import GatewayError, PayloadTooLargeError
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -36,36 +35,12 @@ def header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int, timeout_s: float | None = None) -> bytes:
-    """Read the whole body, refusing with 413 as soon as it exceeds `limit` bytes, and with 408 when it has
-    not all arrived within `timeout_s` (a client trickling a body must not hold a connection for ever)."""
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """Read the whole body, refusing with 413 as soon as it exceeds `limit` bytes."""
     cl = header(scope, b"content-length")
     if cl is not None and cl.isdigit() and int(cl) > limit:
         raise PayloadTooLargeError(f"Request body of {int(cl)} bytes exceeds the limit of {limit} bytes.")
-    if timeout_s is None:
-        return await _read(receive, limit)
-    # One timer, cancelled at once in the common case (the body came with the headers).
-    task = asyncio.current_task()
-    fired = False
-
-    def expire() -> None:
-        nonlocal fired
-        fired = True
-        if task is not None:
-            task.cancel()
-
-    timer = asyncio.get_running_loop().call_later(timeout_s, expire)
-    try:
-        return await _read(receive, limit)
-    except asyncio.CancelledError:
-        if not fired or task is None:
-            raise
-        task.uncancel()
-        raise RequestTimeoutError(
-            f"The request body did not arrive within {timeout_s:g}s (server.body_timeout_s)."
-        ) from None
-    finally:
-        timer.cancel()
+    return await _read(receive, limit)
 
 
 async def _read(receive: Receive, limit: int) -> bytes:

@@ -62,7 +62,9 @@ class Gateway:
         self.ledger = Ledger(self.store, self.metrics.registry)
         self.watcher = KeyWatcher(KeyStore(self.store), self.keys)
         self.inference = InferenceService(self.manager, self.ledger.hooks_for)
-        routes = InferenceRoutes(self.inference, config.server.max_body_bytes, config.server.body_timeout_s)
+        self.routes = routes = InferenceRoutes(
+            self.inference, config.server.max_body_bytes, config.server.body_timeout_s
+        )
         # The hot path: exact (method, path) -> handler; everything else is the control plane's.
         self.hot_routes: dict[tuple[str, str], HotHandler] = {
             ("POST", "/v1/chat/completions"): routes.chat,
@@ -95,6 +97,8 @@ class Gateway:
             stack.push_async_callback(self.watcher.stop)
             await self.ledger.start()
             stack.push_async_callback(self.ledger.stop)  # flushes the last rows before the store closes
+            await self.routes.start()
+            stack.push_async_callback(self.routes.stop)
             self._stack = stack.pop_all()
         if self.tune_gc:
             _tune_gc()

@@ -7,14 +7,16 @@ SSE, one write per group of chunks the backend sent, the cost in a header or a t
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from typing import Any
 
 import orjson
 
 from hybridgate._asgi import SSE_DONE, SSE_HEADERS, Receive, Scope, Send, header, read_body, send_bytes, sse
 from hybridgate.auth import Principal
 from hybridgate.backends import BackendError, Batch
-from hybridgate.protocol import Operation
+from hybridgate.protocol import Operation, RequestTimeoutError
 from hybridgate.router import Result, Stream
 from hybridgate.serving import InferenceService, RequestContext, attempt_headers
 
@@ -27,22 +29,68 @@ WATCH_AFTER_S = 0.05
 class InferenceRoutes:
     """The two hot routes over one InferenceService."""
 
-    __slots__ = ("body_timeout_s", "limit", "service")
+    __slots__ = (
+        "_expired",
+        "_reading",
+        "_watchdog",
+        "body_timeout_s",
+        "chat",
+        "completions",
+        "limit",
+        "service",
+    )
 
     def __init__(self, service: InferenceService, max_body_bytes: int, body_timeout_s: float) -> None:
         self.service = service
         self.limit = max_body_bytes
         self.body_timeout_s = body_timeout_s
+        # Requests still receiving their body -> when they must be done. One watchdog task checks them all,
+        # a few times per `body_timeout_s`: cheaper than a timer per request, and a body is rarely slow.
+        self._reading: dict[asyncio.Task[Any], float] = {}
+        self._expired: set[asyncio.Task[Any]] = set()
+        self._watchdog: asyncio.Task[None] | None = None
+        # (scope, receive, send, ctx, principal) -> None, one per route; partials, not wrapper coroutines.
+        self.chat = functools.partial(self._handle, Operation.CHAT)
+        self.completions = functools.partial(self._handle, Operation.COMPLETIONS)
 
-    async def chat(
-        self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext, principal: Principal
-    ) -> None:
-        await self._handle(Operation.CHAT, scope, receive, send, ctx, principal)
+    async def start(self) -> None:
+        self._watchdog = asyncio.create_task(self._watch_bodies(), name="body-timeouts")
 
-    async def completions(
-        self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext, principal: Principal
-    ) -> None:
-        await self._handle(Operation.COMPLETIONS, scope, receive, send, ctx, principal)
+    async def stop(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            await asyncio.gather(self._watchdog, return_exceptions=True)
+            self._watchdog = None
+
+    async def _watch_bodies(self) -> None:
+        loop = asyncio.get_running_loop()
+        period = min(1.0, self.body_timeout_s / 4)
+        while True:
+            await asyncio.sleep(period)
+            now = loop.time()
+            for task, deadline in list(self._reading.items()):
+                if now >= deadline and task not in self._expired:
+                    self._expired.add(task)
+                    task.cancel()
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        """The whole body; 408 when it has not arrived within body_timeout_s of the request's start."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._reading[task] = asyncio.get_running_loop().time() + self.body_timeout_s
+        try:
+            return await read_body(scope, receive, self.limit)
+        except asyncio.CancelledError:
+            if task not in self._expired:
+                raise
+            task.uncancel()
+            raise RequestTimeoutError(
+                f"The request body did not arrive within {self.body_timeout_s:g}s (server.body_timeout_s)."
+            ) from None
+        finally:
+            del self._reading[task]
+            if self._expired:
+                self._expired.discard(task)
 
     async def _handle(
         self,
@@ -53,7 +101,7 @@ class InferenceRoutes:
         ctx: RequestContext,
         principal: Principal,
     ) -> None:
-        raw = await read_body(scope, receive, self.limit, self.body_timeout_s)
+        raw = await self._read_body(scope, receive)
         p = self.service.prepare(
             operation,
             raw,

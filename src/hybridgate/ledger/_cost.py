@@ -20,8 +20,8 @@ _PER_MESSAGE = 8
 _PER_PROMPT = 8
 # The router measures a few milliseconds past a backend's own deadline; a per-hour reservation covers it.
 _HOURLY_SLACK_S = 1.0
-# What an adapter may add to the body it sends (stream_options, the backend's longer model name).
-_SENT_SLACK = 256
+# What an adapter adds to a streamed body it sends: `,"stream_options":{"include_usage":true}` (40 bytes).
+_STREAM_SLACK = 48
 
 
 def prompt_token_bound(body: dict[str, Any], endpoint: Endpoint) -> int:
@@ -33,7 +33,7 @@ def prompt_token_bound(body: dict[str, Any], endpoint: Endpoint) -> int:
     text (image and audio parts are counted by their encoded size, which is not a bound on their tokens:
     a budgeted key sending those relies on the backend's count).
     """
-    n = len(orjson.dumps(body)) + _SENT_SLACK
+    n = len(orjson.dumps(body)) + (_STREAM_SLACK if body.get("stream") else 0)
     if endpoint == "chat":
         n += _PER_MESSAGE * len(body.get("messages") or ())
     else:

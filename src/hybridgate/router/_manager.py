@@ -138,6 +138,7 @@ class BackendManager:
         self.warming_wait_s = warming_wait_s
         self._order = list(self.states)  # declaration order: the last tie-breaker
         self.by_model: dict[str, list[BackendState]] = {}
+        self._common_ops: dict[str, frozenset[str]] = {}
         self._rebuild()
         # Background work per backend (health checks, the models check), cancelled when it goes.
         self._tasks: dict[str, list[asyncio.Task[None]]] = {}
@@ -160,6 +161,11 @@ class BackendManager:
         for st in [st for _, st in sorted(enumerate(states), key=rank)]:
             for public in st.backend.config.models:
                 by_model.setdefault(public, []).append(st)
+        # Per model, the operations every candidate implements: planning filters only when a call asks more.
+        self._common_ops = {
+            m: frozenset.intersection(*(frozenset(st.backend.operations) for st in sts))
+            for m, sts in by_model.items()
+        }
         self.by_model = by_model
 
     # --- ownership: start, close, add, remove -------------------------------------------------------
@@ -252,7 +258,7 @@ class BackendManager:
                 f"Available models: {', '.join(self.models()) or '(none)'}.",
                 param="model",
             )
-        if any(not st.backend.implements(call.endpoint) for st in candidates):
+        if call.endpoint not in self._common_ops[call.model]:
             candidates = [st for st in candidates if st.backend.implements(call.endpoint)]
             if not candidates:
                 raise BadRequestError(
@@ -301,11 +307,12 @@ class BackendManager:
                 )
         return routable, skipped
 
-    async def _plan(self, call: Call) -> tuple[list[BackendState], list[Attempt]]:
-        """`plan`, but when nothing is routable yet something is on its way (a model loading, a pod
-        warming), wait for it up to `warming_wait_s` instead of failing at once."""
-        plan, skipped = self.plan(call)
-        if plan or call.forced is not None:
+    async def _wait_warming(
+        self, call: Call, plan: list[BackendState], skipped: list[Attempt]
+    ) -> tuple[list[BackendState], list[Attempt]]:
+        """When nothing is routable yet something is on its way (a model loading, a pod warming), wait
+        for it up to `warming_wait_s` instead of failing at once; the plan then."""
+        if call.forced is not None:
             return plan, skipped
         coming = [st for st in self.by_model.get(call.model, ()) if st.lifecycle.coming]
         if not coming:
@@ -470,7 +477,9 @@ class BackendManager:
     ) -> _R:
         """Try the plan in order; a backend at its concurrency cap is skipped for the next one, and only
         when every candidate was full or failed does the call queue for a slot on the full ones."""
-        plan, attempts = await self._plan(call)
+        plan, attempts = self.plan(call)
+        if not plan:
+            plan, attempts = await self._wait_warming(call, plan, attempts)
         refusal: GatewayError | None = None
         full: list[BackendState] = []
         for st in plan:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -27,11 +27,16 @@ class Prepared:
 class InferenceService:
     """Chat and completions for one gateway: built once with its router and its per-call policy."""
 
-    __slots__ = ("hooks_for", "manager")
+    __slots__ = ("complete", "hooks_for", "manager", "open_stream")
 
     def __init__(self, manager: BackendManager, hooks_for: Callable[[Principal, str], CallHooks]) -> None:
         self.manager = manager
         self.hooks_for = hooks_for
+        # The router's own methods, bound once: a wrapper would cost a coroutine per call on the hot path.
+        # complete(call) -> Result: the answer of a non-streamed call, its model the public name asked for.
+        self.complete: Callable[[Call], Awaitable[Result]] = manager.complete
+        # open_stream(call) -> Stream: a stream whose first chunk has arrived (fallback is over by then).
+        self.open_stream: Callable[[Call], Awaitable[Stream]] = manager.open_stream
 
     def prepare(
         self,
@@ -65,14 +70,6 @@ class InferenceService:
         )
         include_usage = bool(req.stream and req.stream_options and req.stream_options.include_usage)
         return Prepared(call, req.stream, include_usage)
-
-    async def complete(self, call: Call) -> Result:
-        """The answer of a non-streamed call, its model set to the public name the client asked for."""
-        return await self.manager.complete(call)
-
-    async def open_stream(self, call: Call) -> Stream:
-        """A stream whose first chunk has arrived (fallback is over by then)."""
-        return await self.manager.open_stream(call)
 
     @staticmethod
     def shape(batch: list[dict[str, Any]], model: str, include_usage: bool) -> list[dict[str, Any]]:
