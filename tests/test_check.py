@@ -249,7 +249,14 @@ class _Gateway(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         backends = [
             {"name": "mock", "kind": "mock", "models": ["mock"], "routable": True},
-            {"name": "local", "kind": "llamacpp", "models": ["gemma"], "routable": False},
+            # As a gateway without the local extra says it today: failed, and yet routable.
+            {
+                "name": "local",
+                "kind": "llamacpp",
+                "models": ["gemma"],
+                "routable": True,
+                "lifecycle": "failed",
+            },
             {"name": "paid", "kind": "openai", "models": ["gpt"], "routable": self.paid_routable},
         ]
         models = [

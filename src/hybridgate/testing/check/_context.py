@@ -187,7 +187,9 @@ class Context:
         """False only when the gateway says no backend of the model can take a call now (e.g. a local
         model still loading, or failed for want of its extra)."""
         serving = [b for b in self.backends() if model in (b.get("models") or ())]
-        return not serving or any(b.get("routable") for b in serving)
+        return not serving or any(
+            b.get("routable") and b.get("lifecycle", "ready") == "ready" for b in serving
+        )
 
     @property
     def model(self) -> str:
