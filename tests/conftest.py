@@ -10,6 +10,14 @@ import pytest
 from hybridgate.testing.procs import Proc, start_gateway, start_mock_server
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "plain_install: installs hybridgate without extras into a fresh virtualenv (about a minute with a "
+        "warm pip cache; needs the package registry)",
+    )
+
+
 @pytest.fixture
 def spawn() -> Iterator[dict[str, Callable[..., Proc]]]:
     """Start mock servers and gateways; every process is stopped at the end of the test."""
