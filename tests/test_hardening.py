@@ -328,3 +328,22 @@ def test_the_metrics_token_shows_key_series(gw: Proc) -> None:
         gw.url + "/metrics", headers={"Authorization": "Bearer metrics-token-0123456789"}
     ).text
     assert 'key="token-visible"' not in public and 'key="token-visible"' in private
+
+
+# --- 9. a WebSocket upgrade is a 404, not a crash --------------------------------------------------
+
+
+def test_a_websocket_upgrade_is_a_404_in_openais_shape_and_logs_no_error(gw: Proc) -> None:
+    import websockets
+
+    async def upgrade() -> websockets.InvalidStatus:
+        with pytest.raises(websockets.InvalidStatus) as caught:
+            async with websockets.connect(f"ws://127.0.0.1:{gw.port}/v1/chat/completions", open_timeout=5):
+                pass
+        return caught.value
+
+    refused = asyncio.run(upgrade())
+    assert refused.response.status_code == 404
+    assert json.loads(refused.response.body)["error"]["code"] == "not_found"
+    time.sleep(0.2)
+    assert "Traceback" not in gw.log() and "without completing handshake" not in gw.log()

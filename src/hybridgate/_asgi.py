@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
@@ -94,6 +95,22 @@ async def refuse_websocket(scope: Scope, receive: Receive, send: Send, err: Gate
         {"type": "websocket.http.response.start", "status": err.status, "headers": [*JSON_HEADERS, *hdrs]}
     )
     await send({"type": "websocket.http.response.body", "body": orjson.dumps(err.body())})
+
+
+def quiet_denied_handshakes() -> None:
+    """Drop uvicorn's false alarm after `refuse_websocket` (call once per process that runs uvicorn).
+
+    uvicorn's websockets-sansio protocol (the default with uvicorn[standard]) sends the denial response but
+    never marks that handshake complete, so it then logs an error although the client got its answer.
+    TODO: remove once uvicorn marks a denied handshake complete (upstream: Kludex/uvicorn#3138).
+    """
+    log = logging.getLogger("uvicorn.error")
+    if _denied_handshake_is_no_error not in log.filters:
+        log.addFilter(_denied_handshake_is_no_error)
+
+
+def _denied_handshake_is_no_error(record: logging.LogRecord) -> bool:
+    return record.getMessage() != "ASGI callable returned without completing handshake."
 
 
 def sse(obj: Any) -> bytes:

@@ -15,7 +15,16 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 
-from hybridgate._asgi import ClientGone, Receive, Scope, Send, header, send_error
+from hybridgate._asgi import (
+    ClientGone,
+    Receive,
+    Scope,
+    Send,
+    header,
+    quiet_denied_handshakes,
+    refuse_websocket,
+    send_error,
+)
 from hybridgate.api import control
 from hybridgate.api.hot import InferenceRoutes
 from hybridgate.auth import Authenticator, KeyCache, KeyStore, KeyWatcher, Principal, bearer_token
@@ -23,7 +32,7 @@ from hybridgate.backends import build_backend
 from hybridgate.config import Config, ConfigError, load_config
 from hybridgate.ledger import Ledger
 from hybridgate.observability import Metrics, configure_logging, flush_logs, log_request
-from hybridgate.protocol import GatewayError
+from hybridgate.protocol import GatewayError, NotFoundError
 from hybridgate.router import BackendManager
 from hybridgate.serving import InferenceService, RequestContext, attempt_headers, request_id
 from hybridgate.store import Store
@@ -158,8 +167,13 @@ class Gateway:
                 await self.control(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
-        else:  # websocket: not served
-            await self.control(scope, receive, send)
+        elif scope["type"] == "websocket":  # none served: a 404 in OpenAI's shape, not a crash
+            await refuse_websocket(
+                scope,
+                receive,
+                send,
+                NotFoundError(f"This gateway serves no WebSocket route ({scope['path']}); see /docs."),
+            )
 
     async def hot(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve a hot route's request that reached the control plane (never expected; kept correct)."""
@@ -273,6 +287,7 @@ def app_factory() -> Gateway:
     A worker is a fresh interpreter: it sets up logging itself (HYBRIDGATE_LOG_LEVEL, default info).
     """
     configure_logging(os.environ.get("HYBRIDGATE_LOG_LEVEL") or "info")
+    quiet_denied_handshakes()
     return create_app(tune_gc=True)
 
 

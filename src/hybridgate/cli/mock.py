@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated, Optional
 
 import typer
@@ -40,6 +39,7 @@ def mock_server(
     import uvicorn
     from pydantic import ValidationError
 
+    from hybridgate._asgi import quiet_denied_handshakes
     from hybridgate.backends.mock import MockBehaviour
     from hybridgate.testing.mocks.openai import MockServer, option_errors
 
@@ -71,15 +71,5 @@ def mock_server(
     typer.secho(
         f"hybridgate mock-server: http://{host}:{port}/v1 (models: {', '.join(server.models)})", err=True
     )
-    logging.getLogger("uvicorn.error").addFilter(_denied_handshake_is_no_error)
+    quiet_denied_handshakes()
     uvicorn.run(server, host=host, port=port, **uvicorn_kwargs())
-
-
-def _denied_handshake_is_no_error(record: logging.LogRecord) -> bool:
-    """Drop uvicorn's false alarm after the server refuses a WebSocket upgrade with a 404.
-
-    uvicorn's websockets-sansio protocol (the default with uvicorn[standard]) sends the denial response but
-    never marks that handshake complete, so it then logs an error although the client got its answer.
-    TODO: remove once uvicorn marks a denied handshake complete (Kludex/uvicorn#3138).
-    """
-    return record.getMessage() != "ASGI callable returned without completing handshake."

@@ -63,11 +63,13 @@ def serve(
     """
     import uvicorn
 
+    from hybridgate._asgi import quiet_denied_handshakes
     from hybridgate.api import create_app
     from hybridgate.observability import configure_logging
 
     cfg = load_or_exit(config)
     configure_logging(log_level)
+    quiet_denied_handshakes()  # the gateway turns WebSocket upgrades down with a 404
     h = host or cfg.server.host
     p = cfg.server.port if port is None else port
     n = workers or cfg.server.workers
