@@ -47,6 +47,13 @@ _WORDS = (
 ).split(" ")
 
 
+def _whole(v: Any) -> int | None:
+    """A non-negative whole number from a JSON value (16.0 included), else None."""
+    if isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < 2**62 and v == int(v):
+        return int(v)
+    return None
+
+
 def count_tokens(text: str) -> int:
     """The mock's tokenizer: words and punctuation, a leading space kept with its token."""
     return len(_TOKEN.findall(text))
@@ -111,9 +118,10 @@ class MockEngine:
         n_messages = len(body.get("messages", ())) if endpoint == "chat" else 0
         # OpenAI counts a few tokens of framing per chat message; do the same so numbers look plausible.
         prompt_tokens = count_tokens(prompt) + 3 * n_messages + (3 if n_messages else 0)
+        # The limit as a server reads it: a whole number (16.0 is 16); anything else is no limit at all.
         limit = (
-            body.get("max_completion_tokens")
-            or body.get("max_tokens")
+            _whole(body.get("max_completion_tokens"))
+            or _whole(body.get("max_tokens"))
             or (16 if endpoint == "completions" else _DEFAULT_MAX_TOKENS)
         )
         text = self._answer(prompt)

@@ -20,6 +20,8 @@ _PER_MESSAGE = 8
 _PER_PROMPT = 8
 # The router measures a few milliseconds past a backend's own deadline; a per-hour reservation covers it.
 _HOURLY_SLACK_S = 1.0
+# The largest output a reservation counts (past it a cost would not fit a float; no budget covers it).
+_MAX_OUTPUT_TOKENS = 10**15
 # What an adapter adds to a streamed body it sends: `,"stream_options":{"include_usage":true}` (40 bytes).
 _STREAM_SLACK = 48
 
@@ -63,8 +65,9 @@ def _count(v: Any) -> int | None:
 
 def _choices(body: dict[str, Any], endpoint: Endpoint) -> int:
     """How many answers the output bound applies to: n, best_of, and each prompt of a batch."""
-    n, best_of = _count(body.get("n")) or 1, _count(body.get("best_of")) or 1
-    k = max(n, best_of)  # best_of answers are generated (and billed), n of them returned
+    k = _count(body.get("n")) or 1
+    if endpoint == "completions":  # best_of: generated (and billed), n of them returned; chat has none
+        k = max(k, _count(body.get("best_of")) or 1)
     if endpoint == "completions":
         p = body.get("prompt")
         if isinstance(p, list) and p and not isinstance(p[0], int):
@@ -106,7 +109,8 @@ def worst_case(
         bound = max_tokens
     elif max_tokens is not None:
         bound = max(bound, max_tokens)
-    out = (bound or 0) * _choices(body, endpoint)
+    # Capped where a float still holds it exactly enough: any such bound is refused by every budget anyway.
+    out = min((bound or 0) * _choices(body, endpoint), _MAX_OUTPUT_TOKENS)
     inp = prompt_token_bound(body, endpoint)
     seconds = backend.timeouts.total_s + _HOURLY_SLACK_S if price.per_hour else 0.0
     return WorstCase(price_usage(price, Usage(inp, out), seconds), inp, out, capped)

@@ -22,7 +22,7 @@ MAX_DEPTH = 64
 
 def _whole(v: Any) -> Any:
     """64.0 is the integer 64, as OpenAI reads it; 64.5 stays a float and is refused."""
-    if isinstance(v, float) and v.is_integer():
+    if isinstance(v, float) and v.is_integer() and abs(v) < 2**63:  # JSON integers are 64-bit here
         return int(v)
     return v
 
@@ -136,7 +136,17 @@ def parse_request(
             param=param,
             code="invalid_value" if err["type"] != "missing" else "missing_required_parameter",
         ) from None
+    # What was validated is what is sent: a count written as 16.0 goes upstream as 16, which every server
+    # reads (some slice with it, and a 500 there would count against that backend).
+    for name in _COUNTS:
+        v = data.get(name)
+        if v.__class__ is float:
+            data[name] = _whole(v)
     return data, req
+
+
+# Integer fields a client may write as whole floats (validated by `_Int`).
+_COUNTS = ("max_tokens", "max_completion_tokens", "n", "best_of", "seed")
 
 
 def _check_depth(data: dict[str, Any]) -> None:
