@@ -42,6 +42,11 @@ def backend(name: str, mock: Proc, priority: int, served: str, **kw: Any) -> dic
     return cfg
 
 
+def set_mock(url: str, **changes: Any) -> dict[str, Any]:
+    """Change a mock's faults; mock a requires its key on /_mock/config, mock b (no key) ignores it."""
+    return set_mock_behaviour(url, api_key="key-a", **changes)
+
+
 def wait_until(pred: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -82,7 +87,7 @@ def pair() -> Iterator[dict[str, Proc]]:
 @pytest.fixture
 def procs(pair: dict[str, Proc]) -> dict[str, Proc]:
     for m in (pair["a"], pair["b"]):
-        set_mock_behaviour(m.url, fail_rate=0, hang=False, drop_mid_stream=False, latency_ms=0, ttft_ms=None)
+        set_mock(m.url, fail_rate=0, hang=False, drop_mid_stream=False, latency_ms=0, ttft_ms=None)
     # Both healthy again before the test starts (an earlier test may have tripped one).
     wait_until(
         lambda: all(x["routable"] for x in httpx.get(pair["gw"].url + "/health/backends").json()["backends"]),
@@ -149,7 +154,7 @@ def test_streaming_chunk_order_and_include_usage(procs: dict[str, Proc]) -> None
 
 
 def test_stream_is_flushed_chunk_by_chunk(procs: dict[str, Proc]) -> None:
-    set_mock_behaviour(procs["a"].url, tokens_per_s=20)  # 50 ms per token
+    set_mock(procs["a"].url, tokens_per_s=20)  # 50 ms per token
     times = []
     with httpx.stream(
         "POST",
@@ -165,7 +170,7 @@ def test_stream_is_flushed_chunk_by_chunk(procs: dict[str, Proc]) -> None:
 
 
 def test_falls_back_when_primary_returns_500(procs: dict[str, Proc]) -> None:
-    set_mock_behaviour(procs["a"].url, fail_rate=1)
+    set_mock(procs["a"].url, fail_rate=1)
     raw = client(procs["gw"]).chat.completions.with_raw_response.create(model="chat", messages=MSG)
     assert raw.parse().choices[0].message.content == "Paris"
     assert raw.headers["x-hybridgate-backend"] == "secondary"
@@ -173,7 +178,7 @@ def test_falls_back_when_primary_returns_500(procs: dict[str, Proc]) -> None:
 
 
 def test_falls_back_when_primary_times_out(procs: dict[str, Proc]) -> None:
-    set_mock_behaviour(procs["a"].url, hang=True)
+    set_mock(procs["a"].url, hang=True)
     t0 = time.monotonic()
     raw = client(procs["gw"]).chat.completions.with_raw_response.create(model="chat", messages=MSG)
     assert raw.headers["x-hybridgate-backend"] == "secondary"
@@ -181,7 +186,7 @@ def test_falls_back_when_primary_times_out(procs: dict[str, Proc]) -> None:
 
 
 def test_streaming_falls_back_before_the_first_byte(procs: dict[str, Proc]) -> None:
-    set_mock_behaviour(procs["a"].url, fail_rate=1)
+    set_mock(procs["a"].url, fail_rate=1)
     with client(procs["gw"]).chat.completions.with_streaming_response.create(
         model="chat", messages=MSG, stream=True
     ) as r:
@@ -191,7 +196,7 @@ def test_streaming_falls_back_before_the_first_byte(procs: dict[str, Proc]) -> N
 
 
 def test_mid_stream_drop_ends_with_an_error_event_and_done(procs: dict[str, Proc]) -> None:
-    set_mock_behaviour(procs["a"].url, drop_mid_stream=True)
+    set_mock(procs["a"].url, drop_mid_stream=True)
     events = []
     with httpx.stream(
         "POST",
@@ -222,7 +227,7 @@ def test_forced_and_preferred_backends(procs: dict[str, Proc]) -> None:
         model="chat", messages=MSG, extra_headers={"X-Hybridgate-Prefer": "secondary"}
     )
     assert r.headers["x-hybridgate-backend"] == "secondary"
-    set_mock_behaviour(procs["b"].url, fail_rate=1)
+    set_mock(procs["b"].url, fail_rate=1)
     with pytest.raises(openai.APIStatusError) as ei:
         c.chat.completions.create(
             model="chat", messages=MSG, extra_headers={"X-Hybridgate-Backend": "secondary"}
@@ -236,21 +241,21 @@ def test_forced_and_preferred_backends(procs: dict[str, Proc]) -> None:
 
 def test_all_backends_failed_is_503_naming_each(procs: dict[str, Proc]) -> None:
     for m in ("a", "b"):
-        set_mock_behaviour(procs[m].url, fail_rate=1, fail_status=502)
+        set_mock(procs[m].url, fail_rate=1, fail_status=502)
     r = httpx.post(procs["gw"].base_url + "/chat/completions", json={"model": "chat", "messages": MSG})
     assert r.status_code == 503
     err = r.json()["error"]
     assert (
         err["code"] == "all_backends_failed" and "primary" in err["message"] and "secondary" in err["message"]
     )
-    set_mock_behaviour(procs["b"].url, fail_status=500)
+    set_mock(procs["b"].url, fail_status=500)
 
 
 def test_backend_4xx_is_returned_as_is_and_not_retried(procs: dict[str, Proc]) -> None:
-    set_mock_behaviour(procs["a"].url, fail_rate=1, fail_status=422)
+    set_mock(procs["a"].url, fail_rate=1, fail_status=422)
     r = httpx.post(procs["gw"].base_url + "/chat/completions", json={"model": "chat", "messages": MSG})
     assert r.status_code == 422 and r.json()["error"]["code"] == "mock_injected_failure"
-    set_mock_behaviour(procs["a"].url, fail_status=500)
+    set_mock(procs["a"].url, fail_status=500)
 
 
 def test_health_endpoints_and_metrics(procs: dict[str, Proc]) -> None:
@@ -302,7 +307,7 @@ BAD_INPUTS = [
 def test_bad_input_gets_the_right_status_and_never_reaches_a_backend(
     procs: dict[str, Proc], body: bytes, status: int, param: str | None
 ) -> None:
-    before = set_mock_behaviour(procs["a"].url)["requests"] + set_mock_behaviour(procs["b"].url)["requests"]
+    before = set_mock(procs["a"].url)["requests"] + set_mock(procs["b"].url)["requests"]
     r = httpx.post(
         procs["gw"].base_url + "/chat/completions", content=body, headers={"content-type": "application/json"}
     )
@@ -310,7 +315,7 @@ def test_bad_input_gets_the_right_status_and_never_reaches_a_backend(
     err = r.json()["error"]
     assert set(err) >= {"message", "type", "param", "code"} and err["message"]
     assert err["param"] == param
-    after = set_mock_behaviour(procs["a"].url)["requests"] + set_mock_behaviour(procs["b"].url)["requests"]
+    after = set_mock(procs["a"].url)["requests"] + set_mock(procs["b"].url)["requests"]
     assert after == before
 
 
@@ -389,7 +394,7 @@ def test_backend_recovers_after_its_cooldown(spawn: dict[str, Callable[..., Proc
     # health check ended the cooldown before the test looked.
     health = {"path": "/health", "interval_s": 0.3, "timeout_s": 0.5, "failures_to_trip": 2, "cooldown_s": 3}
     gw = spawn["gateway"]({"backends": [backend("a", a, 1, "m", health=health), backend("b", b, 2, "m")]})
-    set_mock_behaviour(a.url, fail_rate=1)
+    set_mock(a.url, fail_rate=1)
     c = client(gw)
 
     def state() -> dict[str, Any]:
@@ -402,11 +407,11 @@ def test_backend_recovers_after_its_cooldown(spawn: dict[str, Callable[..., Proc
         if state()["healthy"] is False:
             break
     assert state()["healthy"] is False
-    served_before = set_mock_behaviour(a.url)["requests"]
+    served_before = set_mock(a.url)["requests"]
     r = c.chat.completions.with_raw_response.create(model="chat", messages=MSG)
     assert r.headers["x-hybridgate-backend"] == "b"
-    assert set_mock_behaviour(a.url)["requests"] == served_before  # skipped while unhealthy
-    set_mock_behaviour(a.url, fail_rate=0)
+    assert set_mock(a.url)["requests"] == served_before  # skipped while unhealthy
+    set_mock(a.url, fail_rate=0)
     wait_until(lambda: state()["healthy"], timeout=10, what="backend a healthy after cooldown")
     r = c.chat.completions.with_raw_response.create(model="chat", messages=MSG)
     assert r.headers["x-hybridgate-backend"] == "a"
@@ -472,7 +477,7 @@ def test_missing_config_file_and_bad_priority_exit_3(tmp_path: Any) -> None:
 
 
 def test_stream_that_stalls_mid_way_ends_with_an_error_not_a_hang(procs: dict[str, Proc]) -> None:
-    set_mock_behaviour(procs["a"].url, stall_mid_stream=True)
+    set_mock(procs["a"].url, stall_mid_stream=True)
     t0 = time.monotonic()
     with httpx.stream(
         "POST",

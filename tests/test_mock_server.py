@@ -150,6 +150,14 @@ def test_a_route_answers_another_method_with_405_and_allow(keyed: Proc) -> None:
     assert r.headers["allow"] == "POST"
 
 
+@pytest.mark.parametrize("key", [None, "sk-wrong"])
+def test_config_requires_the_api_key_when_one_is_set(keyed: Proc, key: str | None) -> None:
+    assert_openai_error(configure(keyed, key=key, hang=True), 401)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    assert_openai_error(httpx.get(keyed.url + "/_mock/config", headers=headers, timeout=5), 401)
+    assert configure(keyed).json()["hang"] is False  # the refused change was not applied
+
+
 def test_config_is_open_when_no_key_is_set() -> None:
     proc = start_mock_server()
     try:

@@ -101,7 +101,8 @@ class BackendState:
             "kind": self.backend.kind,
             "lifecycle": self.lifecycle.value,
             "state": self.backend.state,
-            "healthy": self.healthy and self.backend.ready,
+            # A backend that failed to start is routable (a call fails fast, saying why), never healthy.
+            "healthy": self.healthy and self.backend.ready and self.lifecycle is not Lifecycle.FAILED,
             "routable": self.routable(),
             "consecutive_failures": self.consecutive_failures,
             "last_error": self.last_error,

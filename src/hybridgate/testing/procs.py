@@ -190,13 +190,16 @@ def wait_backend_ready(gateway_url: str, backend: str, timeout: float = 120.0) -
     raise TimeoutError(f"backend {backend!r} of {gateway_url} not ready in {timeout:g}s (last: {last})")
 
 
-def set_mock_behaviour(url: str, **changes: Any) -> dict[str, Any]:
-    """Change a running mock server's faults (`fail_rate`, `hang`, `latency_ms`, ...) and return the result."""
+def set_mock_behaviour(url: str, *, api_key: str | None = None, **changes: Any) -> dict[str, Any]:
+    """Change a running mock server's faults (`fail_rate`, `hang`, `latency_ms`, ...) and return the result.
+
+    `api_key`: the mock's `--api-key`, which /_mock/config requires too when the mock was given one.
+    """
+    headers = {"Content-Type": "application/json"}
+    if api_key is not None:
+        headers["Authorization"] = f"Bearer {api_key}"
     req = urllib.request.Request(
-        url.rstrip("/") + "/_mock/config",
-        data=orjson.dumps(changes),
-        method="POST",
-        headers={"Content-Type": "application/json"},
+        url.rstrip("/") + "/_mock/config", data=orjson.dumps(changes), method="POST", headers=headers
     )
     with urllib.request.urlopen(req, timeout=5) as r:
         return dict(orjson.loads(r.read()))

@@ -194,6 +194,8 @@ class MockBackend:
     proc: Proc
     models: list[str]
     defaults: dict[str, Any] = field(default_factory=dict)
+    # The mock's --api-key, if it was started with one: its /_mock/config requires it too.
+    api_key: str | None = None
 
     @property
     def url(self) -> str:
@@ -211,7 +213,7 @@ class MockBackend:
         """Change faults: fail_rate, fail_status, latency_ms, ttft_ms, tokens_per_s, hang, drop_mid_stream."""
         from hybridgate.testing.procs import set_mock_behaviour
 
-        return set_mock_behaviour(self.url, **changes)
+        return set_mock_behaviour(self.url, api_key=self.api_key, **changes)
 
     def reset(self) -> dict[str, Any]:
         return self.set(**self.defaults)
@@ -316,7 +318,7 @@ def mock_backend_factory() -> Iterator[Callable[..., MockBackend]]:
         # reset() returns to what it was started with, every other fault off
         behaviour = MockBehaviour().as_dict()
         defaults = {**behaviour, **{k: v for k, v in options.items() if k in behaviour}}
-        mb = MockBackend(proc, models, defaults)
+        mb = MockBackend(proc, models, defaults, api_key=options.get("api_key"))
         started.append(mb)
         return mb
 

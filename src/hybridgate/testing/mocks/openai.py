@@ -1,8 +1,8 @@
 """`hybridgate mock-server`: the mock backend as a real OpenAI-compatible HTTP server.
 
 Routes follow vLLM and llama.cpp's server: /v1/chat/completions, /v1/completions and /v1/models under
-/v1, GET /health at the root. Faults can be changed while it runs: GET/POST /_mock/config. WebSocket
-upgrades are refused with a 404.
+/v1, GET /health at the root. Faults can be changed while it runs: GET/POST /_mock/config, behind the
+API key when one is set. WebSocket upgrades are refused with a 404.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ class MockServer:
             return
         method = scope["method"]
         try:
-            if path.startswith("/v1/"):
+            if path.startswith("/v1/") or path == "/_mock/config":
                 self._check_key(scope)
             methods = _ROUTES.get(path)
             if methods is None:
