@@ -79,6 +79,39 @@ def test_upgrade_from_the_first_revision_keeps_existing_keys(database: str) -> N
     assert ledger_rows(database) == []
 
 
+def test_ledger_rows_from_before_usage_units_keep_their_meaning(database: str) -> None:
+    """Revision 0003 adds the operation and units beyond tokens; rows written before read as zero units."""
+    from hybridgate.ledger import usage_report
+
+    async def run() -> dict[str, object]:
+        store = Store(database)
+        try:
+            await migrate(store.engine, database, "0002")
+            async with store.engine.begin() as conn:
+                await conn.execute(
+                    text(
+                        "INSERT INTO ledger (ts, day, request_id, key_id, key_name, model, backend, "
+                        "backend_model, input_tokens, output_tokens, estimated, duration_s, status, ok, "
+                        "streamed, cost_usd) VALUES (1.0, '1970-01-01', 'r1', NULL, 'old', 'm', 'b', "
+                        "'bm', 10, 20, false, 0.1, 200, true, false, 0.25)"
+                    )
+                )
+            await store.open()
+            assert await current_revision(store.engine) == HEAD
+            return await usage_report(store, group_by="model")
+        finally:
+            await store.close()
+
+    report = asyncio.run(run())
+    [row] = report["data"]  # type: ignore[index]
+    assert row["group"] == "m" and (row["input_tokens"], row["output_tokens"], row["cost_usd"]) == (
+        10,
+        20,
+        0.25,
+    )
+    assert (row["images"], row["gpu_seconds"], row["training_tokens"]) == (0, 0.0, 0)
+
+
 def test_two_processes_migrating_one_new_sqlite_file_at_once_both_succeed(tmp_path: Path) -> None:
     cfg = gateway_config(
         f"sqlite:///{tmp_path / 'race.db'}", [{"name": "m", "kind": "mock", "models": {"m": "m"}}], tmp_path

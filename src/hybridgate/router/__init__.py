@@ -1,7 +1,7 @@
 """Routing: candidates by model, operation, priority, forced/preferred backend, health and capacity;
 fallback; backends added and removed while serving."""
 
-from hybridgate.router._capacity import Capacity, QueueFull
+from hybridgate._capacity import Capacity, QueueFull
 from hybridgate.router._health import BackendState, check_once, health_loop
 from hybridgate.router._manager import (
     NO_HOOKS,

@@ -8,8 +8,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from hybridgate._capacity import Capacity
 from hybridgate.backends import Backend, BackendError, Lifecycle
-from hybridgate.router._capacity import Capacity
 
 log = logging.getLogger("hybridgate.health")
 

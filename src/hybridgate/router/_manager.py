@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+from hybridgate._capacity import QueueFull
 from hybridgate.backends import Backend, BackendError, BackendModelMissingError, BackendRequest
 from hybridgate.config import BackendConfig
 from hybridgate.ledger._pricing import attempt_cost
@@ -27,7 +29,6 @@ from hybridgate.protocol import (
     Usage,
     prompt_text,
 )
-from hybridgate.router._capacity import QueueFull
 from hybridgate.router._health import BackendState, health_loop
 
 log = logging.getLogger("hybridgate.router")
@@ -481,36 +482,29 @@ class BackendManager:
         if not plan:
             plan, attempts = await self._wait_warming(call, plan, attempts)
         refusal: GatewayError | None = None
-        full: list[BackendState] = []
-        for st in plan:
+        full: list[BackendState] = []  # at their cap on the first pass: queued for, in order, after it
+        for st in itertools.chain(plan, _then(full)):
+            queued = st in full
             if st.draining:  # removed after this call planned
-                attempts.append(
-                    Attempt(st.name, st.backend.config.models[call.model], error=st.why_not_routable())
-                )
+                if not queued:
+                    attempts.append(
+                        Attempt(st.name, st.backend.config.models[call.model], error=st.why_not_routable())
+                    )
                 continue
-            if st.gate is not None and not st.gate.try_acquire():
-                full.append(st)  # busy is not unhealthy: skipped for now, queued for below if all fail
+            if queued:
+                if not await self._queue(st, call, attempts):
+                    continue
+            elif st.gate is not None and not st.gate.try_acquire():
+                full.append(st)  # busy is not unhealthy: skipped for now, queued for if all else fails
                 attempts.append(
                     Attempt(st.name, st.backend.config.models[call.model], error=st.gate.describe())
                 )
                 continue
             out = await on(st, call, attempts)
-            if out is None:
-                continue
             if isinstance(out, GatewayError):
                 refusal = refusal or out
-                continue
-            return out
-        for st in full:
-            if st.draining or not await self._queue(st, call, attempts):
-                continue
-            out = await on(st, call, attempts)
-            if out is None:
-                continue
-            if isinstance(out, GatewayError):
-                refusal = refusal or out
-                continue
-            return out
+            elif out is not None:
+                return out
         raise self._fail(call, attempts, refusal)
 
     async def _queue(self, st: BackendState, call: Call, attempts: list[Attempt]) -> bool:
@@ -701,6 +695,11 @@ class Stream:
             await self._manager._finish(self.state, self.call, a)
         finally:
             self._manager._release(self.state)
+
+
+def _then(items: list[BackendState]) -> Iterator[BackendState]:
+    """The items of a list as they are once iteration reaches it (it may grow before then)."""
+    yield from items
 
 
 async def _check_models(st: BackendState) -> None:

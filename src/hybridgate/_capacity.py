@@ -1,4 +1,5 @@
-"""A backend's concurrency cap: at most `limit` calls in flight, a bounded FIFO queue behind them."""
+"""Slots with a bounded FIFO queue: a backend's concurrency cap (the router), a local model's one-at-a-time
+gate (llamacpp). Shared by both layers, so it sits below them."""
 
 from __future__ import annotations
 
