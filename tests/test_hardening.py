@@ -347,3 +347,16 @@ def test_a_websocket_upgrade_is_a_404_in_openais_shape_and_logs_no_error(gw: Pro
     assert json.loads(refused.response.body)["error"]["code"] == "not_found"
     time.sleep(0.2)
     assert "Traceback" not in gw.log() and "without completing handshake" not in gw.log()
+
+
+def test_refused_requests_are_counted_too(gw: Proc) -> None:
+    def count(status: str) -> float:
+        for line in httpx.get(gw.url + "/metrics").text.splitlines():
+            if line.startswith(f'hybridgate_requests_total{{model="(unknown)",status="{status}"}}'):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    before = (count("400"), count("401"))
+    assert post(gw, "/chat/completions", b"{not json").status_code == 400
+    assert post(gw, "/chat/completions", {"model": "mock", "messages": []}, key="wrong").status_code == 401
+    assert (count("400"), count("401")) == (before[0] + 1, before[1] + 1)

@@ -210,8 +210,8 @@ class Gateway:
         model = ctx.model
         # A client's made-up names go in the log line, but must not create metric series without bound.
         label = model if model in self.manager.by_model else "(unknown)"
-        if model:
-            m.labels(m.requests, label, str(ctx.status)).inc()
+        # Every answer counts, refusals before a model was known (400, 401, 413...) under "(unknown)".
+        m.labels(m.requests, label, str(ctx.status)).inc()
         tried = [a for a in attempts if a.reached_backend]
         for a in tried:
             m.labels(m.attempts, a.backend, "ok" if a.ok else "error").inc()
