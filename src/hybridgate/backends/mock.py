@@ -32,6 +32,7 @@ from hybridgate.protocol import (
     prompt_text,
     response_body,
     usage_chunk,
+    whole_count,
 )
 
 _TOKEN = re.compile(r"\s*[\w']+|\s*[^\w\s]")
@@ -45,13 +46,6 @@ _WORDS = (
     "small models answer quickly on a local machine , large ones run on rented GPUs . "
     "budgets hold because each call reserves its worst case before it starts ."
 ).split(" ")
-
-
-def _whole(v: Any) -> int | None:
-    """A non-negative whole number from a JSON value (16.0 included), else None."""
-    if isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < 2**62 and v == int(v):
-        return int(v)
-    return None
 
 
 def count_tokens(text: str) -> int:
@@ -120,8 +114,8 @@ class MockEngine:
         prompt_tokens = count_tokens(prompt) + 3 * n_messages + (3 if n_messages else 0)
         # The limit as a server reads it: a whole number (16.0 is 16); anything else is no limit at all.
         limit = (
-            _whole(body.get("max_completion_tokens"))
-            or _whole(body.get("max_tokens"))
+            whole_count(body.get("max_completion_tokens"))
+            or whole_count(body.get("max_tokens"))
             or (16 if endpoint == "completions" else _DEFAULT_MAX_TOKENS)
         )
         text = self._answer(prompt)

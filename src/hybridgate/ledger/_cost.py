@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,7 +9,7 @@ import orjson
 
 from hybridgate.config import BackendConfig
 from hybridgate.ledger._pricing import price_usage
-from hybridgate.protocol import Endpoint, Usage
+from hybridgate.protocol import Endpoint, Usage, whole_count
 
 # When a client sets no max_tokens, a budgeted call on a per-token price is capped at this many output
 # tokens (written into the backend's request), because an unbounded answer has no worst case to reserve.
@@ -50,24 +49,17 @@ def output_bound(body: dict[str, Any]) -> int | None:
     With both present a backend honours one of them: the larger is the bound."""
     found = [
         c
-        for c in (_count(body.get("max_tokens")), _count(body.get("max_completion_tokens")))
+        for c in (whole_count(body.get("max_tokens")), whole_count(body.get("max_completion_tokens")))
         if c is not None
     ]
     return max(found) if found else None
 
 
-def _count(v: Any) -> int | None:
-    """A non-negative whole number from a JSON value (2.0 included), else None."""
-    if isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < math.inf and v == int(v):
-        return int(v)
-    return None
-
-
 def _choices(body: dict[str, Any], endpoint: Endpoint) -> int:
     """How many answers the output bound applies to: n, best_of, and each prompt of a batch."""
-    k = _count(body.get("n")) or 1
+    k = whole_count(body.get("n")) or 1
     if endpoint == "completions":  # best_of: generated (and billed), n of them returned; chat has none
-        k = max(k, _count(body.get("best_of")) or 1)
+        k = max(k, whole_count(body.get("best_of")) or 1)
     if endpoint == "completions":
         p = body.get("prompt")
         if isinstance(p, list) and p and not isinstance(p[0], int):

@@ -23,6 +23,7 @@ from hybridgate.protocol._openai import (
     prompt_text,
     response_body,
     usage_chunk,
+    whole_count,
 )
 from hybridgate.protocol._operations import Endpoint, Operation, Usage
 
@@ -50,4 +51,5 @@ __all__ = [
     "prompt_text",
     "response_body",
     "usage_chunk",
+    "whole_count",
 ]

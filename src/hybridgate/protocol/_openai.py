@@ -6,6 +6,7 @@ unknown fields are allowed and forwarded untouched, as OpenAI-compatible servers
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Annotated, Any, Literal
 
@@ -33,6 +34,15 @@ def _null_is_false(v: Any) -> Any:
 
 # `"stream": null` is OpenAI's default, not streaming.
 _Flag = Annotated[bool, BeforeValidator(_null_is_false)]
+
+
+def whole_count(v: Any) -> int | None:
+    """A non-negative whole number from a JSON value as sent (16 or 16.0), else None: how servers read a
+    limit or a count (max_tokens, n, best_of) that may not have been validated."""
+    if isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < math.inf and v == int(v):
+        return int(v)
+    return None
+
 
 # An integer that may be written as a whole float (OpenAI accepts `"n": 2.0`), strict otherwise.
 _Int = Annotated[int, BeforeValidator(_whole)]
