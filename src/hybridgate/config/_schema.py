@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+from hybridgate.config._catalogue import CATALOGUE, lookup
 
 # A backend kind is a name in the adapter registry (`hybridgate.backends.KINDS`); checked when the
 # backends are built, since the registry lives a layer above the config.
 _KIND = r"^[a-z][a-z0-9_]*$"
+# Kinds of hosted APIs with list prices in the catalogue: priced from it when the config sets no price.
+_CATALOGUE_BY_DEFAULT = frozenset({"gemini"})
 
 
 class _Strict(BaseModel):
@@ -46,8 +50,47 @@ class PriceConfig(_Strict):
     per_image: float = Field(0.0, ge=0)
     per_gpu_hour: float = Field(0.0, ge=0)
     training_per_mtok: float = Field(0.0, ge=0)
+    # Prompts over this many tokens are billed at the long_* prices instead (a long-context tier).
+    long_context_tokens: int | None = Field(None, ge=1)
+    long_input_per_mtok: float = Field(0.0, ge=0)
+    long_output_per_mtok: float = Field(0.0, ge=0)
     # A zero price is normally "we do not know"; `free: true` says it really costs nothing.
     free: bool = False
+    # Token prices from the shipped catalogue (config/_catalogue.py): "auto" looks up each of the
+    # backend's own model names, any other value names one entry for all of them. Fields set here win.
+    catalogue: str | None = None
+
+    @field_validator("catalogue")
+    @classmethod
+    def _known_entry(cls, v: str | None) -> str | None:
+        if v is not None and v != "auto" and lookup(v) is None:
+            raise ValueError(
+                f"{v!r} is not in the price catalogue; use 'auto' or one of: {', '.join(sorted(CATALOGUE))}"
+            )
+        return v
+
+    def for_model(self, model: str) -> PriceConfig:
+        """This price with the catalogue's figures for `model` filled in (itself when no catalogue is set).
+
+        A model the catalogue does not list keeps only the fields set here: usually none, an unknown cost."""
+        if self.catalogue is None:
+            return self
+        entry = lookup(model if self.catalogue == "auto" else self.catalogue)
+        if entry is None:
+            return self
+        own = self.model_fields_set
+        filled = {
+            k: getattr(entry, k)
+            for k in (
+                "input_per_mtok",
+                "output_per_mtok",
+                "long_context_tokens",
+                "long_input_per_mtok",
+                "long_output_per_mtok",
+            )
+            if k not in own
+        }
+        return self.model_copy(update=filled)
 
     @property
     def is_zero(self) -> bool:
@@ -59,6 +102,8 @@ class PriceConfig(_Strict):
             or self.per_image
             or self.per_gpu_hour
             or self.training_per_mtok
+            or self.long_input_per_mtok
+            or self.long_output_per_mtok
         )
 
 
@@ -154,6 +199,27 @@ class BackendConfig(_Strict):
     # Kind-specific settings, validated by the kind's own options model when the backends are built
     # (e.g. llamacpp's model path, context size, prompt template).
     options: dict[str, Any] = Field(default_factory=dict)
+    # Per backend model name, the price with catalogue figures filled in (see `price_for`).
+    _prices: tuple[PriceConfig, dict[str, PriceConfig]] | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _catalogue_by_default(self) -> BackendConfig:
+        # A hosted API's list prices are known: a backend of such a kind with no `price` at all is priced
+        # from the catalogue by its model names, so adding it takes no price lines.
+        if "price" not in self.model_fields_set and self.kind in _CATALOGUE_BY_DEFAULT:
+            object.__setattr__(self, "price", PriceConfig(catalogue="auto"))
+        return self
+
+    def price_for(self, backend_model: str) -> PriceConfig:
+        """The price of a call to this backend's model `backend_model` (its own name, as sent)."""
+        price = self.price
+        if price.catalogue is None:
+            return price
+        cached = self._prices
+        if cached is None or cached[0] is not price:
+            cached = self._prices = (price, {m: price.for_model(m) for m in self.models.values()})
+        found = cached[1].get(backend_model)
+        return found if found is not None else price.for_model(backend_model)
 
     @field_validator("base_url")
     @classmethod

@@ -91,7 +91,7 @@ def worst_case(
     limit reserved is the limit the backend receives (a server's own default may be far larger: llama.cpp's
     generates until it stops). See DEFAULT_MAX_TOKENS: without any limit an answer's cost has no bound.
     """
-    price = backend.price
+    price = backend.price_for(str(body.get("model", "")))
     capped = None
     bound = output_bound(body)
     if bound is None and price.output_per_mtok:

@@ -110,13 +110,14 @@ class Ledger:
         """Reserve this attempt's worst-case cost against the key's budget, or refuse the backend."""
         assert p.key_id is not None and p.budget_usd is not None
         self._budgets[p.key_id] = (p.name, p.budget_usd)  # the gauge shows a new key before the next reload
-        price = backend.price
+        price = backend.price_for(str(req.body.get("model", "")))
         if price.is_zero:
             if price.free:
                 return None  # really free (the mock, the local model): never blocked by a budget
             self.metrics.rejected.labels(p.key_id, p.name, "unknown_cost").inc()
             raise PermissionDeniedError(
-                f"Backend '{backend.name}' has no price in the configuration, so what this call costs is "
+                f"Backend '{backend.name}' has no price for model '{req.public_model}' in the "
+                "configuration (nor in the price catalogue), so what this call costs is "
                 f"unknown; API key '{p.name}' has a budget and may only use priced backends or ones marked "
                 "`price: {free: true}`.",
                 param="model",

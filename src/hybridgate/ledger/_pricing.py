@@ -13,7 +13,14 @@ if TYPE_CHECKING:
 def price_usage(price: PriceConfig, usage: Usage, seconds: float) -> float:
     """USD for `usage` at `price`; a per-hour price is prorated by `seconds` of the call's wall time."""
     cost = usage.requests * price.per_request
-    if price.input_per_mtok or price.output_per_mtok:
+    long = price.long_context_tokens
+    if long is not None and usage.prompt_tokens > long:
+        # A long-context tier prices the whole call, input and output, at its rates (as Gemini bills).
+        cost += (
+            usage.prompt_tokens * price.long_input_per_mtok
+            + usage.completion_tokens * price.long_output_per_mtok
+        ) / 1e6
+    elif price.input_per_mtok or price.output_per_mtok:
         cost += (
             usage.prompt_tokens * price.input_per_mtok + usage.completion_tokens * price.output_per_mtok
         ) / 1e6
@@ -29,8 +36,8 @@ def price_usage(price: PriceConfig, usage: Usage, seconds: float) -> float:
 
 
 def attempt_cost(backend: BackendConfig, attempt: Attempt) -> float:
-    """What one attempt cost on `backend`: its usage and duration at the backend's price."""
-    return price_usage(backend.price, attempt.usage, attempt.duration_s)
+    """What one attempt cost on `backend`: its usage and duration at the price of the model it called."""
+    return price_usage(backend.price_for(attempt.backend_model), attempt.usage, attempt.duration_s)
 
 
 __all__ = ["attempt_cost", "price_usage"]

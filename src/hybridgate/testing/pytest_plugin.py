@@ -259,8 +259,8 @@ def _gateway_prices(config: Any, env: Mapping[str, str]) -> dict[str, ModelPrice
     )
     per_model: dict[str, list[ModelPrice | None]] = {}
     for b in cfg.backends:
-        price = FREE if b.kind == "mock" else ModelPrice.from_config(b.price)
-        for m in b.models:
+        for m, own in b.models.items():
+            price = FREE if b.kind == "mock" else ModelPrice.from_config(b.price_for(own))
             per_model.setdefault(m, []).append(price)
     out: dict[str, ModelPrice] = {}
     for m, ps in per_model.items():

@@ -100,7 +100,12 @@ class ModelPrice:
             return cls(free=True)
         if p.per_hour or not (p.input_per_mtok or p.output_per_mtok or p.per_request):
             return None
-        return cls(p.input_per_mtok, p.output_per_mtok, p.per_request)
+        # A long-context tier may apply to any call: the dearer rates bound it.
+        return cls(
+            max(p.input_per_mtok, p.long_input_per_mtok),
+            max(p.output_per_mtok, p.long_output_per_mtok),
+            p.per_request,
+        )
 
 
 FREE = ModelPrice(free=True)
