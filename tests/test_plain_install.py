@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import orjson
@@ -154,3 +155,20 @@ def test_mock_server_check_wait_and_drift(plain: Plain) -> None:
     finally:
         stop(mock)
     plain.ok("drift", str(report), str(report))
+
+
+def test_mock_gemini_runs_without_extras(plain: Plain) -> None:
+    port = free_port()
+    mock = plain.start("mock-gemini", "--port", str(port), "--api-key", "k", log=plain.workdir / "gemini.log")
+    try:
+        plain.ok("wait", "--url", f"http://127.0.0.1:{port}/health", "--timeout", "60")
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/models/gemini-2.5-flash:generateContent",
+            data=orjson.dumps({"contents": [{"role": "user", "parts": [{"text": "capital of France?"}]}]}),
+            headers={"x-goog-api-key": "k", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as r:
+            answer = orjson.loads(r.read())
+        assert answer["candidates"][0]["content"]["parts"][0]["text"] == "Paris"
+    finally:
+        stop(mock)

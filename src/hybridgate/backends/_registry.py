@@ -18,6 +18,7 @@ KINDS: dict[str, str] = {
     "mock": "hybridgate.backends.mock:MockBackend",
     "openai": "hybridgate.backends.openai_http:OpenAIBackend",
     "llamacpp": "hybridgate.backends.llamacpp:LlamaCppBackend",
+    "gemini": "hybridgate.backends.gemini:GeminiBackend",
 }
 
 

@@ -1,12 +1,15 @@
-"""`hybridgate mock-server`: the mock backend as an OpenAI-compatible HTTP server, for tests and demos."""
+"""`hybridgate mock-server` and `mock-gemini`: faithful mock API servers, for tests and demos."""
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from hybridgate.cli._common import fail, uvicorn_kwargs
+
+if TYPE_CHECKING:
+    from hybridgate.backends.mock import MockBehaviour
 
 
 def mock_server(
@@ -37,39 +40,112 @@ def mock_server(
 ) -> None:
     """Run the mock backend as an OpenAI-compatible HTTP server (free, deterministic, faults on demand)."""
     import uvicorn
-    from pydantic import ValidationError
 
     from hybridgate._asgi import quiet_denied_handshakes
-    from hybridgate.backends.mock import MockBehaviour
-    from hybridgate.testing.mocks.openai import MockServer, option_errors
+    from hybridgate.testing.mocks.openai import MockServer
 
-    if model is not None and not all(m.strip() for m in model):
-        raise fail("--model: a model name must not be empty")
-    if api_key is not None and not api_key.strip():
-        raise fail("--api-key: must not be empty (leave it out to serve without a key)")
-    try:
-        behaviour = MockBehaviour()
-        behaviour.update(
-            dict(
-                latency_ms=latency_ms,
-                ttft_ms=ttft_ms,
-                tokens_per_s=tokens_per_s,
-                fail_rate=fail_rate,
-                fail_status=fail_status,
-                drop_mid_stream=drop_mid_stream,
-                stall_mid_stream=stall_mid_stream,
-                hang=hang,
-                seed=seed,
-            )
-        )
-    except ValidationError as e:
-        # The settings are MockOptions' fields; a user typed flags, so the message names the flags.
-        raise fail(
-            "; ".join(f"--{name.replace('_', '-')}: {why}" for name, why in option_errors(e))
-        ) from None
+    _check_names(model, api_key)
+    behaviour = _behaviour(
+        latency_ms=latency_ms,
+        ttft_ms=ttft_ms,
+        tokens_per_s=tokens_per_s,
+        fail_rate=fail_rate,
+        fail_status=fail_status,
+        drop_mid_stream=drop_mid_stream,
+        stall_mid_stream=stall_mid_stream,
+        hang=hang,
+        seed=seed,
+    )
     server = MockServer(behaviour, models=model, api_key=api_key)
     typer.secho(
         f"hybridgate mock-server: http://{host}:{port}/v1 (models: {', '.join(server.models)})", err=True
     )
     quiet_denied_handshakes()
+    uvicorn.run(server, host=host, port=port, **uvicorn_kwargs())
+
+
+def _check_names(model: list[str] | None, api_key: str | None) -> None:
+    if model is not None and not all(m.strip() for m in model):
+        raise fail("--model: a model name must not be empty")
+    if api_key is not None and not api_key.strip():
+        raise fail("--api-key: must not be empty (leave it out to serve without a key)")
+
+
+def _behaviour(**settings: Any) -> MockBehaviour:
+    """The mock's fault settings from command-line flags; a bad value fails naming its flag (exit 3)."""
+    from pydantic import ValidationError
+
+    from hybridgate.backends.mock import MockBehaviour
+    from hybridgate.testing.mocks.openai import option_errors
+
+    try:
+        behaviour = MockBehaviour()
+        behaviour.update(settings)
+    except ValidationError as e:
+        # The settings are MockOptions' fields; a user typed flags, so the message names the flags.
+        raise fail(
+            "; ".join(f"--{name.replace('_', '-')}: {why}" for name, why in option_errors(e))
+        ) from None
+    return behaviour
+
+
+def mock_gemini(
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 9200,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    latency_ms: Annotated[float, typer.Option(help="Delay before every answer (ms).")] = 0.0,
+    ttft_ms: Annotated[
+        float | None, typer.Option(help="Time to first token for streams (ms); default: --latency-ms.")
+    ] = None,
+    tokens_per_s: Annotated[float, typer.Option(help="Generation speed; 0 means instant.")] = 0.0,
+    fail_rate: Annotated[
+        float, typer.Option(help="Fraction of requests answered with --fail-status (0..1).")
+    ] = 0.0,
+    fail_status: Annotated[
+        int, typer.Option(help="HTTP status of injected failures (503: 'The model is overloaded').")
+    ] = 503,
+    drop_mid_stream: Annotated[
+        bool, typer.Option("--drop-mid-stream", help="Cut streams halfway (connection closed).")
+    ] = False,
+    stall_mid_stream: Annotated[
+        bool, typer.Option("--stall-mid-stream", help="Stop sending halfway, keep the connection open.")
+    ] = False,
+    error_mid_stream: Annotated[
+        bool,
+        typer.Option("--error-mid-stream", help='Send an {"error": ...} event halfway through streams.'),
+    ] = False,
+    hang: Annotated[bool, typer.Option("--hang", help="Never answer (to test timeouts).")] = False,
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", help="Model name to serve (repeatable); default: a few Gemini names."),
+    ] = None,
+    api_key: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Require this key (x-goog-api-key header or ?key=) on API calls."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the failure-rate dice.")] = 0,
+) -> None:
+    """Run a faithful Gemini API server (generateContent, streaming, errors, safety blocks) for free tests."""
+    import uvicorn
+
+    from hybridgate.testing.mocks.gemini import GeminiMockServer
+
+    _check_names(model, api_key)
+    behaviour = _behaviour(
+        latency_ms=latency_ms,
+        ttft_ms=ttft_ms,
+        tokens_per_s=tokens_per_s,
+        fail_rate=fail_rate,
+        fail_status=fail_status,
+        drop_mid_stream=drop_mid_stream,
+        stall_mid_stream=stall_mid_stream,
+        hang=hang,
+        seed=seed,
+    )
+    server = GeminiMockServer(behaviour, models=model, api_key=api_key)
+    server.faults.error_mid_stream = error_mid_stream
+    typer.secho(
+        f"hybridgate mock-gemini: http://{host}:{port} (API versions v1 and v1beta; "
+        f"models: {', '.join(server.models)})",
+        err=True,
+    )
     uvicorn.run(server, host=host, port=port, **uvicorn_kwargs())

@@ -118,7 +118,19 @@ def _spawn(
 def start_mock_server(*, port: int | None = None, timeout: float = 30.0, **options: Any) -> Proc:
     """`hybridgate mock-server` with options as keyword arguments (latency_ms=50, model=["a"], ...)."""
     port = port or free_port()
-    args = ["mock-server", "--port", str(port)]
+    return _spawn(["mock-server", "--port", str(port), *_flags(options)], port, None, "/health", timeout)
+
+
+def start_mock_gemini(*, port: int | None = None, timeout: float = 30.0, **options: Any) -> Proc:
+    """`hybridgate mock-gemini` with options as keyword arguments (api_key="k", error_mid_stream=True, ...).
+
+    Its `url` is what google-genai takes as `base_url`, and a gateway's gemini backend as `base_url`."""
+    port = port or free_port()
+    return _spawn(["mock-gemini", "--port", str(port), *_flags(options)], port, None, "/health", timeout)
+
+
+def _flags(options: dict[str, Any]) -> list[str]:
+    args: list[str] = []
     for k, v in options.items():
         flag = "--" + k.replace("_", "-")
         if isinstance(v, bool):
@@ -129,7 +141,7 @@ def start_mock_server(*, port: int | None = None, timeout: float = 30.0, **optio
                 args += [flag, str(item)]
         elif v is not None:
             args += [flag, str(v)]
-    return _spawn(args, port, None, "/health", timeout)
+    return args
 
 
 def write_config(config: dict[str, Any], directory: str | os.PathLike[str] | None = None) -> Path:
@@ -190,14 +202,20 @@ def wait_backend_ready(gateway_url: str, backend: str, timeout: float = 120.0) -
     raise TimeoutError(f"backend {backend!r} of {gateway_url} not ready in {timeout:g}s (last: {last})")
 
 
-def set_mock_behaviour(url: str, *, api_key: str | None = None, **changes: Any) -> dict[str, Any]:
+def set_mock_behaviour(
+    url: str, *, api_key: str | None = None, gemini: bool = False, **changes: Any
+) -> dict[str, Any]:
     """Change a running mock server's faults (`fail_rate`, `hang`, `latency_ms`, ...) and return the result.
 
-    `api_key`: the mock's `--api-key`, which /_mock/config requires too when the mock was given one.
+    `api_key`: the mock's `--api-key`, which /_mock/config requires too when the mock was given one
+    (`gemini`: the server is mock-gemini, which takes its key as Google does, in x-goog-api-key).
     """
     headers = {"Content-Type": "application/json"}
     if api_key is not None:
-        headers["Authorization"] = f"Bearer {api_key}"
+        if gemini:
+            headers["x-goog-api-key"] = api_key
+        else:
+            headers["Authorization"] = f"Bearer {api_key}"
     req = urllib.request.Request(
         url.rstrip("/") + "/_mock/config", data=orjson.dumps(changes), method="POST", headers=headers
     )
