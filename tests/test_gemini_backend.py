@@ -78,6 +78,22 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             "priority": 1,
         },
         {
+            "name": "gem-probed",
+            "kind": "gemini",
+            "base_url": gem.url,
+            "api_key": KEY,
+            "models": {"probed": "gemini-2.5-flash"},
+            "health": {"mode": "active", "interval_s": 0.2},
+        },
+        {
+            "name": "gem-probed-badkey",
+            "kind": "gemini",
+            "base_url": bad_key.url,
+            "api_key": KEY,
+            "models": {"probed-badkey": "gemini-2.5-flash"},
+            "health": {"mode": "active", "interval_s": 0.2, "failures_to_trip": 1},
+        },
+        {
             "name": "gem-missing",
             "kind": "gemini",
             "base_url": gem.url,
@@ -334,10 +350,19 @@ def test_refused_key_and_missing_model_are_configuration_errors(env: dict[str, A
     assert "ghost" in missing["model_errors"]
 
 
-def test_health_is_passive_by_default(env: dict[str, Any]) -> None:
-    health = httpx.get(env["gw"].url + "/health/backends").json()
-    gem = next(b for b in health["backends"] if b["name"] == "gem")
-    assert gem["health_checks"] == "passive"
+def test_health_is_passive_by_default_and_the_opt_in_probe_lists_models(env: dict[str, Any]) -> None:
+    def backends() -> dict[str, Any]:
+        return {b["name"]: b for b in httpx.get(env["gw"].url + "/health/backends").json()["backends"]}
+
+    gem = backends()["gem"]
+    assert gem["health_checks"] == "passive" and gem["last_check"] is None
+    # The active probe is the free model listing: it passes with a good key, and a refused key benches.
+    probed = wait_until(lambda: (b := backends()["gem-probed"])["last_check"] and b, what="a probe")
+    assert probed["health_checks"] == "active" and probed["healthy"] is True
+    bad = wait_until(
+        lambda: (b := backends()["gem-probed-badkey"])["last_error"] and b, what="a failed probe"
+    )
+    assert bad["healthy"] is False and "API key not valid" in bad["last_error"]
 
 
 # ---- configuration and prices (no processes) ------------------------------------------------------------
