@@ -36,7 +36,7 @@ LONG = [{"role": "user", "content": "Describe how a gateway routes requests"}]
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     d = tmp_path_factory.mktemp("gemini")
-    gem = start_mock_gemini(api_key=KEY)
+    gem = start_mock_gemini(api_key=KEY, model=["gemini-2.5-flash", "gemini-2.5-pro", "gemini-exp-1206"])
     # Faults are switched on this one only, so the happy-path backend's health never depends on test order.
     flaky = start_mock_gemini(api_key=KEY)
     bad_key = start_mock_gemini(api_key="another-key")
@@ -49,7 +49,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             "kind": "gemini",
             "base_url": gem.url,
             "api_key": KEY,
-            "models": {"flash": "gemini-2.5-flash", "pro": "gemini-2.5-pro"},
+            "models": {"flash": "gemini-2.5-flash", "pro": "gemini-2.5-pro", "exp": "gemini-exp-1206"},
             "priority": 1,
         },
         {
@@ -153,6 +153,34 @@ def test_chat_non_streamed_canary(env: dict[str, Any]) -> None:
     expected = (r.usage.prompt_tokens * e.input_per_mtok + 1 * e.output_per_mtok) / 1e6
     assert row["cost_usd"] == pytest.approx(expected)
     assert float(raw.headers["x-hybridgate-cost-usd"]) == pytest.approx(expected, abs=1e-8)
+
+
+def test_budgets_hold_on_catalogue_prices(env: dict[str, Any]) -> None:
+    def key(name: str, budget: float) -> str:
+        r = httpx.post(
+            env["gw"].url + "/admin/keys",
+            headers={"Authorization": f"Bearer {MASTER}"},
+            json={"name": name, "budget_usd": budget},
+        )
+        return str(r.json()["key"])
+
+    rich = openai.OpenAI(base_url=env["gw"].base_url, api_key=key("gem-rich", 1.0), max_retries=0)
+    r = rich.chat.completions.create(model="flash", messages=CANARY, max_tokens=8)
+    assert r.choices[0].message.content == "Paris"
+    # A model the catalogue does not list has an unknown cost: a budgeted key may not use it.
+    with pytest.raises(openai.PermissionDeniedError) as e:
+        rich.chat.completions.create(model="exp", messages=CANARY, max_tokens=8)
+    assert e.value.body["code"] == "unknown_cost" and "gemini-exp" not in e.value.message
+    # Reserved at the catalogue's Gemini 2.5 Pro prices: 1,000 output tokens at $10 per million is more
+    # than a $0.000001 budget, and 1,000,000 of them more than $1. ("pro" has no free fallback here; a
+    # model that has one is served by it instead, which test_budget covers.)
+    poor = openai.OpenAI(base_url=env["gw"].base_url, api_key=key("gem-poor", 0.000001), max_retries=0)
+    with pytest.raises(openai.RateLimitError) as e2:
+        poor.chat.completions.create(model="pro", messages=CANARY, max_tokens=1000)
+    assert e2.value.body["code"] == "budget_exceeded" and "$0.01" in e2.value.message
+    with pytest.raises(openai.RateLimitError):
+        rich.chat.completions.create(model="pro", messages=CANARY, max_tokens=1_000_000)
+    assert rich.chat.completions.create(model="pro", messages=CANARY, max_tokens=1000).choices
 
 
 def test_system_and_multi_turn_are_translated(env: dict[str, Any]) -> None:
