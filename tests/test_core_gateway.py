@@ -392,7 +392,7 @@ def test_backend_recovers_after_its_cooldown(spawn: dict[str, Callable[..., Proc
     a, b = spawn["mock"](model=["m"]), spawn["mock"](model=["m"])
     # A cooldown of 3 s, not 1: on a loaded machine the steps below took longer than 1 s, and a's passing
     # health check ended the cooldown before the test looked.
-    health = {"path": "/health", "interval_s": 0.3, "timeout_s": 0.5, "failures_to_trip": 2, "cooldown_s": 3}
+    health = {"path": "/health", "interval_s": 1.0, "timeout_s": 0.5, "failures_to_trip": 2, "cooldown_s": 3}
     gw = spawn["gateway"]({"backends": [backend("a", a, 1, "m", health=health), backend("b", b, 2, "m")]})
     set_mock(a.url, fail_rate=1)
     c = client(gw)
@@ -400,7 +400,7 @@ def test_backend_recovers_after_its_cooldown(spawn: dict[str, Callable[..., Proc
     def state() -> dict[str, Any]:
         return {x["name"]: x for x in httpx.get(gw.url + "/health/backends").json()["backends"]}["a"]
 
-    # Two failed calls in a row trip the breaker; a passing health check between them (every 0.3 s, and
+    # Two failed calls in a row trip the breaker; a passing health check between them (every 1 s, and
     # the mock's /health passes) starts the count again, so on a slow machine it can take a few more.
     for _ in range(10):
         c.chat.completions.create(model="chat", messages=MSG)

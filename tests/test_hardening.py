@@ -313,6 +313,12 @@ def test_a_body_that_does_not_arrive_in_time_is_a_408(gw: Proc) -> None:
         t0 = time.monotonic()
         answer = s.recv(65536).decode()
         assert time.monotonic() - t0 < 5
+        # The head and the body may come in separate packets (a busy machine): read until the error is in.
+        while "request_timeout" not in answer and time.monotonic() - t0 < 5:
+            more = s.recv(65536).decode()
+            if not more:
+                break
+            answer += more
     assert answer.startswith("HTTP/1.1 408") and "request_timeout" in answer
 
 
