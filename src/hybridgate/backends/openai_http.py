@@ -12,9 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hybridgate import transport as _http
 from hybridgate.backends._base import (
-    Backend,
     BackendConnectError,
-    BackendError,
     BackendHTTPError,
     BackendModelMissingError,
     BackendRequest,
@@ -23,6 +21,7 @@ from hybridgate.backends._base import (
     BackendTimeoutError,
     Batch,
 )
+from hybridgate.backends._http_backend import HTTPBackend, checked_key
 from hybridgate.config import BackendConfig
 from hybridgate.protocol import Usage
 
@@ -68,17 +67,15 @@ def _error_message(status: int, payload: Any, text: str) -> str:
     return f"HTTP {status}: {text[:200]}" if text else f"HTTP {status}"
 
 
-class OpenAIBackend(Backend):
+class OpenAIBackend(HTTPBackend):
     """Any OpenAI-compatible HTTP server: vLLM, llama.cpp's server, Ollama, OpenAI itself."""
 
-    enforces_timeouts = True
     Options = OpenAIOptions
 
     def __init__(self, config: BackendConfig) -> None:
         super().__init__(config)
         if not config.base_url:
             raise ValueError(f"backend '{config.name}' of kind openai needs a base_url")
-        self.base_url = config.base_url
         self._origin, base_path = _http.Origin.split(config.base_url)
         self._targets = {ep: base_path.rstrip("/") + p for ep, p in _PATHS.items()}
         self._models_target = base_path.rstrip("/") + "/models"
@@ -88,75 +85,8 @@ class OpenAIBackend(Backend):
         # by the compressor, and answers are small.
         lines = ["Content-Type: application/json", "Accept-Encoding: identity"]
         if config.api_key:
-            key = config.api_key
-            if any(c in key for c in "\r\n\0") or not key.isascii():
-                # e.g. a key read from a file with its trailing newline: it would break the request's head
-                raise ValueError(
-                    f"backend '{self.name}': api_key has a line break or a non-ASCII character; "
-                    "check the value (or the ${...} variable) it comes from"
-                )
-            lines.append(f"Authorization: Bearer {key}")
+            lines.append(f"Authorization: Bearer {checked_key(self.name, config.api_key)}")
         self._headers = "".join(f"{h}\r\n" for h in lines).encode("ascii")
-        t = config.timeouts
-        # `read_s` bounds every gap between bytes, so a stream that stalls mid-way fails instead of holding
-        # the client until total_s.
-        self._timeouts = _http.Timeouts(connect_s=t.connect_s, read_s=t.first_byte_s, total_s=t.total_s)
-        # A non-streamed answer comes in one piece once generated: it waits up to answer_s, not first_byte_s.
-        self._answer_timeouts = _http.Timeouts(connect_s=t.connect_s, read_s=t.answer, total_s=t.total_s)
-        h = config.health.timeout_s  # the client's total deadline bounds the whole check
-        self._health_timeouts = _http.Timeouts(connect_s=min(h, t.connect_s), read_s=h, total_s=h)
-        self._client: _http.HTTPClient | None = None
-
-    async def start(self) -> None:
-        c = self.config.concurrency
-        cap = self.options.max_connections or (c.max if c is not None else None)
-        self._client = _http.HTTPClient(keepalive_s=60.0, max_connections_per_origin=cap)
-
-    async def close(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
-
-    @property
-    def client(self) -> _http.HTTPClient:
-        if self._client is None:
-            raise RuntimeError(f"backend {self.name} used before start()")
-        return self._client
-
-    def _error(self, e: _http.HTTPClientError, phase: str) -> BackendError:
-        """The client's failure as the BackendError the router acts on, saying where it happened.
-
-        `phase`: "head" (a stream's connecting, sending, waiting for the status line), "answer" (a
-        non-streamed call, up to its whole answer) or "stream" (reading events).
-        """
-        t = self.config.timeouts
-        if isinstance(e, _http.ConnectTimeout):
-            return BackendTimeoutError(f"connect timed out after {t.connect_s:g}s")
-        if isinstance(e, _http.ConnectError):
-            return BackendConnectError(e.message)
-        if isinstance(e, _http.ReadTimeout):
-            # The request went out: the backend may have generated (and billed) an answer nobody received.
-            if phase == "answer":
-                return BackendTimeoutError(
-                    f"no answer within {t.answer:g}s (timeouts.answer_s)", maybe_billed=True
-                )
-            if phase == "head" and e.first_byte:
-                return BackendTimeoutError(
-                    f"timed out waiting for the first byte after {t.first_byte_s:g}s", maybe_billed=True
-                )
-            what = "stream stalled" if phase == "stream" else "response stalled"
-            return BackendTimeoutError(f"{what}: no data for {t.first_byte_s:g}s", maybe_billed=True)
-        if isinstance(e, _http.TotalTimeout):
-            if phase == "stream":
-                return BackendTimeoutError(
-                    f"stream exceeded the total timeout of {t.total_s:g}s", maybe_billed=True
-                )
-            return BackendTimeoutError(
-                f"no complete answer within the total timeout of {t.total_s:g}s", maybe_billed=True
-            )
-        if phase == "stream":
-            return BackendStreamError(f"connection dropped mid-stream: {e.message}")
-        return BackendConnectError(f"request to {self.base_url} failed: {e.message}")
 
     async def _open(self, req: BackendRequest, body: bytes, *, streamed: bool) -> _http.Response:
         """Send the request and wait for the response head, mapping every failure to a BackendError."""
@@ -191,25 +121,13 @@ class OpenAIBackend(Backend):
 
     async def complete(self, req: BackendRequest) -> BackendResponse:
         resp = await self._open(req, orjson.dumps(req.body), streamed=False)
-        try:
-            raw = await resp.read()
-        except _http.HTTPClientError as e:
-            raise self._error(e, "answer") from None
-        finally:
-            resp.release()
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise BackendHTTPError(f"backend answered invalid JSON: {raw[:120]!r}", status=502) from None
-        if not isinstance(body, dict) or "choices" not in body:
-            raise BackendHTTPError(f"backend answered an unexpected body: {raw[:120]!r}", status=502)
+        body = await self._read_json(resp, "backend")
+        if "choices" not in body:
+            raise BackendHTTPError(
+                f"backend answered an unexpected body: {orjson.dumps(body)[:120]!r}", status=502
+            )
         usage = Usage.from_dict(body.get("usage")) or Usage(estimated=True)
         return BackendResponse(body, usage)
-
-    async def stream(self, req: BackendRequest) -> AsyncIterator[dict[str, Any]]:
-        async for batch in self.stream_batches(req):
-            for chunk in batch:
-                yield chunk
 
     async def stream_batches(self, req: BackendRequest) -> AsyncIterator[list[dict[str, Any]]]:
         """One group per network read: the events a server writes back to back cost the client one write."""

@@ -15,7 +15,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hybridgate import transport as _http
 from hybridgate.backends._base import (
-    Backend,
     BackendConnectError,
     BackendError,
     BackendHTTPError,
@@ -26,6 +25,7 @@ from hybridgate.backends._base import (
     BackendTimeoutError,
     Batch,
 )
+from hybridgate.backends._http_backend import HTTPBackend, checked_key
 from hybridgate.backends.gemini._translate import (
     StreamTranslator,
     TranslationError,
@@ -114,10 +114,9 @@ def _translation_error(e: TranslationError) -> BackendHTTPError:
     return BackendHTTPError(e.message, status=400, body=body)
 
 
-class GeminiBackend(Backend):
+class GeminiBackend(HTTPBackend):
     """Gemini's native API: chat and completions translated to generateContent / streamGenerateContent."""
 
-    enforces_timeouts = True
     Options = GeminiOptions
     # A probe of a paid API is not free: passive health unless the config asks for the (free) model listing.
     free_health_checks = False
@@ -128,12 +127,7 @@ class GeminiBackend(Backend):
             raise ValueError(
                 f"backend '{config.name}' of kind gemini needs an api_key (e.g. api_key: ${{GEMINI_API_KEY}})"
             )
-        key = config.api_key
-        if any(c in key for c in "\r\n\0") or not key.isascii():
-            raise ValueError(
-                f"backend '{self.name}': api_key has a line break or a non-ASCII character; "
-                "check the value (or the ${...} variable) it comes from"
-            )
+        key = checked_key(self.name, config.api_key)
         for public, own in config.models.items():
             if not _MODEL_NAME.match(own.removeprefix("models/")):
                 raise ValueError(
@@ -147,28 +141,6 @@ class GeminiBackend(Backend):
             "Content-Type: application/json\r\nAccept-Encoding: identity\r\n"
             f"x-goog-api-key: {key}\r\n".encode("ascii")
         )
-        t = config.timeouts
-        self._timeouts = _http.Timeouts(connect_s=t.connect_s, read_s=t.first_byte_s, total_s=t.total_s)
-        self._answer_timeouts = _http.Timeouts(connect_s=t.connect_s, read_s=t.answer, total_s=t.total_s)
-        h = config.health.timeout_s
-        self._health_timeouts = _http.Timeouts(connect_s=min(h, t.connect_s), read_s=h, total_s=h)
-        self._client: _http.HTTPClient | None = None
-
-    async def start(self) -> None:
-        c = self.config.concurrency
-        cap = self.options.max_connections or (c.max if c is not None else None)
-        self._client = _http.HTTPClient(keepalive_s=60.0, max_connections_per_origin=cap)
-
-    async def close(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
-
-    @property
-    def client(self) -> _http.HTTPClient:
-        if self._client is None:
-            raise RuntimeError(f"backend {self.name} used before start()")
-        return self._client
 
     def _target(self, model: str, streamed: bool) -> str:
         name = model.removeprefix("models/")
@@ -182,28 +154,6 @@ class GeminiBackend(Backend):
         except TranslationError as e:
             raise _translation_error(e) from None
         return orjson.dumps(body)
-
-    def _error(self, e: _http.HTTPClientError, phase: str) -> BackendError:
-        t = self.config.timeouts
-        if isinstance(e, _http.ConnectTimeout):
-            return BackendTimeoutError(f"connect timed out after {t.connect_s:g}s")
-        if isinstance(e, _http.ConnectError):
-            return BackendConnectError(e.message)
-        if isinstance(e, _http.ReadTimeout):
-            if phase == "answer":
-                return BackendTimeoutError(
-                    f"no answer within {t.answer:g}s (timeouts.answer_s)", maybe_billed=True
-                )
-            if phase == "head":
-                return BackendTimeoutError(
-                    f"timed out waiting for the first byte after {t.first_byte_s:g}s", maybe_billed=True
-                )
-            return BackendTimeoutError(f"stream stalled: no data for {t.first_byte_s:g}s", maybe_billed=True)
-        if isinstance(e, _http.TotalTimeout):
-            return BackendTimeoutError(f"no complete answer within {t.total_s:g}s", maybe_billed=True)
-        if phase == "stream":
-            return BackendStreamError(f"connection dropped mid-stream: {e.message}")
-        return BackendConnectError(f"request to {self.base_url} failed: {e.message}")
 
     async def _open(self, req: BackendRequest, *, streamed: bool) -> _http.Response:
         body = self._body(req)
@@ -235,29 +185,12 @@ class GeminiBackend(Backend):
         return resp
 
     async def complete(self, req: BackendRequest) -> BackendResponse:
-        resp = await self._open(req, streamed=False)
-        try:
-            raw = await resp.read()
-        except _http.HTTPClientError as e:
-            raise self._error(e, "answer") from None
-        finally:
-            resp.release()
-        try:
-            payload = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise BackendHTTPError(f"Gemini answered invalid JSON: {raw[:120]!r}", status=502) from None
-        if not isinstance(payload, dict):
-            raise BackendHTTPError(f"Gemini answered an unexpected body: {raw[:120]!r}", status=502)
+        payload = await self._read_json(await self._open(req, streamed=False), "Gemini")
         try:
             body, usage = response_body(req.endpoint, payload, str(req.body.get("model", "")))
         except ValueError as e:
             raise BackendHTTPError(f"Gemini answered no result: {e}", status=502) from None
         return BackendResponse(body, usage)
-
-    async def stream(self, req: BackendRequest) -> AsyncIterator[dict[str, Any]]:
-        async for batch in self.stream_batches(req):
-            for chunk in batch:
-                yield chunk
 
     async def stream_batches(self, req: BackendRequest) -> AsyncIterator[list[dict[str, Any]]]:
         """One group of chunks per network read; the usage chunk closes the last group."""

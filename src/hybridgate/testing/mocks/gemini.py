@@ -24,7 +24,6 @@ import asyncio
 import hmac
 import os
 import re
-from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
@@ -35,6 +34,7 @@ from pydantic import ValidationError
 from hybridgate._asgi import ClientGone, Receive, Scope, Send, header, read_body, send_json
 from hybridgate.backends.mock import Generation, MockBehaviour, MockEngine, tokenize
 from hybridgate.protocol import Operation, PayloadTooLargeError
+from hybridgate.testing.mocks._base import MockASGIServer
 from hybridgate.testing.mocks.openai import MockDroppedConnection, option_errors
 
 DEFAULT_MODELS = ("gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.0-flash")
@@ -157,7 +157,7 @@ class _Request:
     candidates: int
 
 
-class GeminiMockServer:
+class GeminiMockServer(MockASGIServer):
     def __init__(
         self,
         behaviour: MockBehaviour,
@@ -165,24 +165,19 @@ class GeminiMockServer:
         api_key: str | None = None,
         max_body_bytes: int = 20 * 1024 * 1024,
     ) -> None:
+        super().__init__()
         self.engine = MockEngine(behaviour)
         self.faults = GeminiFaults()
         self.models = [m.removeprefix("models/") for m in models] if models else list(DEFAULT_MODELS)
         self.api_key = api_key
         self.max_body_bytes = max_body_bytes
-        self.in_flight = 0
         # The last request body per route, for tests that check what a client sent.
         self.last_body: dict[str, Any] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                msg = await receive()
-                if msg["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif msg["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await self._lifespan(receive, send)
+            return
         if scope["type"] == "websocket":
             if (await receive())["type"] == "websocket.connect":
                 await send({"type": "websocket.close", "code": 1008})
@@ -257,27 +252,6 @@ class GeminiMockServer:
             raise GoogleError(
                 400, "API key not valid. Please pass a valid API key.", reason="API_KEY_INVALID"
             )
-
-    async def _until_disconnect(self, receive: Receive, answer: Coroutine[Any, Any, None]) -> None:
-        """Run `answer`, cancelled as soon as its client disconnects (a hung answer must not outlive it)."""
-
-        async def disconnected() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-
-        self.in_flight += 1
-        work: asyncio.Future[None] = asyncio.ensure_future(answer)
-        gone = asyncio.ensure_future(disconnected())
-        try:
-            await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-            if not work.done():
-                work.cancel()
-                await asyncio.wait((work,))
-            self.in_flight -= 1
-        if not work.cancelled():
-            work.result()
 
     async def _config(self, method: str, body: bytes, send: Send) -> None:
         if method == "POST":

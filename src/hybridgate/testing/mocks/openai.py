@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import orjson
@@ -39,6 +39,7 @@ from hybridgate.protocol import (
     NotFoundError,
     parse_request,
 )
+from hybridgate.testing.mocks._base import MockASGIServer
 
 
 class MockDroppedConnection(Exception):
@@ -62,7 +63,7 @@ def option_errors(e: ValidationError) -> list[tuple[str, str]]:
 Handler = Callable[["MockServer", Scope, bytes, Send], Coroutine[Any, Any, None]]
 
 
-class MockServer:
+class MockServer(MockASGIServer):
     def __init__(
         self,
         behaviour: MockBehaviour,
@@ -70,22 +71,16 @@ class MockServer:
         api_key: str | None = None,
         max_body_bytes: int = 1024 * 1024,
     ) -> None:
+        super().__init__()
         self.engine = MockEngine(behaviour)
         self.models = models or ["mock"]
         self.api_key = api_key
         self.max_body_bytes = max_body_bytes
-        # Answers under way (the config routes excepted): a test can see that a client leaving ends its own.
-        self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                msg = await receive()
-                if msg["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif msg["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await self._lifespan(receive, send)
+            return
         path = scope["path"].rstrip("/") or "/"
         if scope["type"] == "websocket":
             err = NotFoundError(f"No WebSocket endpoint at {path}: this server answers plain HTTP only.")
@@ -115,29 +110,6 @@ class MockServer:
             await send_error(send, e)
         except ClientGone:
             return
-
-    async def _until_disconnect(self, receive: Receive, answer: Awaitable[None]) -> None:
-        """Run `answer`, cancelled as soon as its client disconnects: a hung, slow or stalled answer must not
-        outlive the client that asked for it (the body is read, so the next message is the disconnect)."""
-
-        async def disconnected() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-
-        self.in_flight += 1
-        work = asyncio.ensure_future(answer)
-        gone = asyncio.ensure_future(disconnected())
-        try:
-            await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-            if not work.done():
-                work.cancel()
-                # The answer's own cleanup runs before this request counts as ended.
-                await asyncio.wait((work,))
-            self.in_flight -= 1
-        if not work.cancelled():
-            work.result()  # an answer's error (an injected drop, a refusal) is this request's
 
     def _check_key(self, scope: Scope) -> None:
         if self.api_key is None:
