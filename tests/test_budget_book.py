@@ -95,3 +95,39 @@ def test_rpm_window_slides() -> None:
     clock.now += 50
     assert rl.hit("k", 2) is None
     assert RateLimiter.retry_after(0.2) == "1"
+
+
+@pytest.mark.parametrize("n_open", [10, 10_000])
+def test_expiry_cost_per_request_does_not_grow_with_the_reservations_open(n_open: int) -> None:
+    # Counted heap steps, not time: walking every open reservation (as before) cost n_open per request.
+    clock = Clock()
+    book = BudgetBook(clock=clock)
+    for _ in range(n_open):
+        assert book.try_reserve("k", 1e9, 0.001, ttl_s=600) is not None
+    book.expiry_steps = 0
+    for i in range(1000):
+        clock.now += 0.001
+        rid = book.try_reserve("k", 1e9, 0.001, ttl_s=600)
+        assert rid is not None
+        book.settle("k", rid, 0.0005)
+        if i == 500:  # one short reservation lapses: exactly one step releases it
+            lapsing = book.try_reserve("k", 1e9, 0.5, ttl_s=0.1)
+            assert lapsing is not None
+    # 1,000 requests: one lapsed entry popped, and the stale entries of settled ones swept (each at most once).
+    assert book.expiry_steps <= 1000 + 1 + n_open // 16, book.expiry_steps
+    assert book.in_flight("k") == pytest.approx(n_open * 0.001)  # the lapsed 0.5 was released
+    assert len(book._deadlines) <= 2 * len(book._open) + 65  # settled entries do not pile up
+
+
+def test_every_lapsed_reservation_is_released_whatever_its_key_and_order() -> None:
+    clock = Clock()
+    book = BudgetBook(clock=clock)
+    ids = [book.try_reserve(f"k{i % 3}", 10.0, 1.0, ttl_s=float(1 + i % 5)) for i in range(9)]
+    assert all(r is not None for r in ids)
+    book.settle("k0", ids[0], 0.0)
+    clock.now += 3.5  # ttl 1, 2, 3 lapsed; 4 and 5 still open
+    book.headroom("k0", 10.0)
+    left = {i for i in range(9) if (1 + i % 5) > 3}
+    assert set(book._open) == {ids[i] for i in left}
+    for k in ("k0", "k1", "k2"):
+        assert book.in_flight(k) == pytest.approx(sum(1.0 for i in left if i % 3 == int(k[1])))
