@@ -984,3 +984,102 @@ async def test_release_after_end_closes_the_connection_when_the_end_never_comes(
         resp.release_after_end(limit_s=0.1)
         await until(lambda: server.peers[0].saw_eof, within=1.0)
         assert time.monotonic() - started < 1.0
+
+
+# --- the idle pool under bursts -------------------------------------------------------------------------
+
+
+def _held_streams(arrived: list[int], release: asyncio.Event) -> Handler:
+    """A chunked answer per request, whose end waits until `release` is set (a burst ending together)."""
+
+    async def handler(peer: Peer) -> None:
+        while await peer.request() is not None:
+            await peer.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk(b"data: 1\n\n"))
+            arrived.append(peer.index)
+            await release.wait()
+            await peer.send(chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+
+    return handler
+
+
+async def _burst(
+    client: HTTPClient, origin: Origin, n: int, arrived: list[int], release: asyncio.Event
+) -> None:
+    """n streams at once, all open before any ends; they then end together."""
+
+    async def one() -> None:
+        resp = await client.request(origin, "POST", "/v1/chat/completions", b"", b"{}", timeouts=SLOW)
+        try:
+            await resp.read()
+        finally:
+            resp.release()
+
+    release.clear()
+    arrived.clear()
+    tasks = [asyncio.create_task(one()) for _ in range(n)]
+    await until(lambda: len(arrived) == n or any(t.done() for t in tasks), within=10)
+    release.set()
+    await asyncio.gather(*tasks)
+
+
+SLOW = Timeouts(connect_s=5, read_s=10, total_s=20)
+
+
+async def test_connections_are_reused_across_bursts_of_streams_that_end_together() -> None:
+    # 300 streams end at once, then 300 start again: every connection of the first burst is reused (the old
+    # pool kept 256 idle and closed the rest, which the next burst opened anew).
+    client = HTTPClient()
+    arrived: list[int] = []
+    release = asyncio.Event()
+    try:
+        async with serve(_held_streams(arrived, release)) as server:
+            for _ in range(3):
+                await _burst(client, server.origin, 300, arrived, release)
+            assert server.connections == 300
+            assert client.idle_connections(server.origin) == 300
+    finally:
+        await client.close()
+
+
+async def test_the_per_origin_cap_still_bounds_connections_in_a_burst() -> None:
+    client = HTTPClient(max_connections_per_origin=20)
+    arrived: list[int] = []
+    release = asyncio.Event()
+    try:
+        async with serve(_held_streams(arrived, release)) as server:
+            for _ in range(2):
+                await _burst(client, server.origin, 20, arrived, release)
+            assert server.connections == 20
+            assert client.open_connections(server.origin) == 20
+            # 60 at once against a cap of 20: they queue, none opens a 21st connection.
+            arrived.clear()
+            release.set()
+            tasks = [asyncio.create_task(fetch_stream(client, server.origin)) for _ in range(60)]
+            await asyncio.gather(*tasks)
+            assert server.connections == 20
+    finally:
+        await client.close()
+
+
+async def fetch_stream(client: HTTPClient, origin: Origin) -> bytes:
+    resp = await client.request(origin, "POST", "/", b"", b"{}", timeouts=SLOW)
+    try:
+        return await resp.read()
+    finally:
+        resp.release()
+
+
+async def test_idle_connections_past_keepalive_are_closed_when_others_are_returned() -> None:
+    client = HTTPClient(keepalive_s=0.2)
+    arrived: list[int] = []
+    release = asyncio.Event()
+    try:
+        async with serve(_held_streams(arrived, release)) as server:
+            await _burst(client, server.origin, 5, arrived, release)
+            assert client.idle_connections(server.origin) == 5
+            await asyncio.sleep(0.3)
+            await _burst(client, server.origin, 1, arrived, release)  # reuses the newest, finds it too old
+            assert client.idle_connections(server.origin) == 1  # the aged ones were closed, not kept
+            await until(lambda: sum(p.saw_eof for p in server.peers) == 5)
+    finally:
+        await client.close()

@@ -24,8 +24,6 @@ import httptools
 
 # Read no further ahead of the consumer than this; the upstream waits (TCP flow control) until it drains.
 _HIGH_WATER = 512 * 1024
-# Idle connections kept per origin; more than this are closed when released.
-_MAX_IDLE = 256
 _IDEMPOTENT = frozenset({"GET", "OPTIONS", "PUT", "DELETE"})
 
 
@@ -466,7 +464,8 @@ class HTTPClient:
         self._loop = asyncio.get_running_loop()
         self.keepalive_s = keepalive_s
         self._ssl = ssl_context
-        self._idle: dict[Origin, list[_Conn]] = {}
+        # Idle connections per origin, oldest first: the newest is reused (so the rest age), the oldest expire.
+        self._idle: dict[Origin, deque[_Conn]] = {}
         self._closed = False
         self.max_per_origin = max_connections_per_origin
         self._open: dict[Origin, int] = {}  # connections open or opening, per origin
@@ -548,6 +547,9 @@ class HTTPClient:
             conn.abort()
         return None
 
+    def idle_connections(self, origin: Origin) -> int:
+        return sum(1 for c in self._idle.get(origin, ()) if not c.closed)
+
     def _full(self, origin: Origin) -> bool:
         assert self.max_per_origin is not None
         return self._open.get(origin, 0) >= self.max_per_origin or bool(self._waiters.get(origin))
@@ -603,11 +605,17 @@ class HTTPClient:
             return
         if self._waiters.get(conn.origin) and self._handoff(conn.origin, conn):
             return
-        idle = self._idle.setdefault(conn.origin, [])
-        if len(idle) >= _MAX_IDLE:
-            conn.abort()
-            return
-        conn.idle_since = self._loop.time()
+        # Every idle connection is kept until it has been idle keepalive_s: when a burst of streams ends
+        # together, the next burst needs them again a moment later (closing all but a fixed number made
+        # thousands of new connections a minute under load, queued at the busy upstream). What bounds
+        # them is what bounds open connections: the per-origin cap, else the load just carried.
+        now = self._loop.time()
+        idle = self._idle.get(conn.origin)
+        if idle is None:
+            idle = self._idle[conn.origin] = deque()
+        while idle and (idle[0].closed or now - idle[0].idle_since >= self.keepalive_s):
+            idle.popleft().abort()
+        conn.idle_since = now
         idle.append(conn)
 
     async def _connect(
