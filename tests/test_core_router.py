@@ -420,3 +420,50 @@ async def test_a_busy_backend_falls_back_without_tripping_its_breaker() -> None:
     for _ in range(3):
         assert (await mgr.complete(call())).backend == "b"
     assert mgr.states["a"].healthy and mgr.states["a"].consecutive_failures == 0
+
+
+class _SlowProbe(Fake):
+    """A backend whose health probe always times out (queued behind its load), whatever its calls do."""
+
+    async def check_health(self) -> None:
+        raise BackendTimeoutError("health check http://a/health timed out after 2s")
+
+
+async def test_a_probe_timing_out_while_calls_succeed_does_not_bench_the_backend() -> None:
+    a = _SlowProbe("a", 1, trip=2)
+    mgr = BackendManager([a])
+    st = mgr.states["a"]
+    for _ in range(5):
+        assert (await mgr.complete(call())).backend == "a"  # a real call succeeds...
+        assert not await check_once(st)  # ...and the probe times out
+    assert st.healthy and st.routable() and st.consecutive_failures == 0
+    assert st.busy_probes == 5 and "not counted" in (st.last_error or "")
+    snap = st.snapshot()
+    assert snap["healthy"] and snap["busy_probes"] == 5
+
+
+async def test_a_streams_first_chunk_counts_as_a_call_succeeding() -> None:
+    a = _SlowProbe("a", 1, trip=1)
+    mgr = BackendManager([a])
+    st = mgr.states["a"]
+    stream = await mgr.open_stream(call())  # open, not yet ended
+    assert not await check_once(st)
+    assert st.healthy and st.busy_probes == 1
+    await stream.settle()
+
+
+async def test_probe_timeouts_with_no_call_succeeding_still_bench_the_backend() -> None:
+    now = [1000.0]
+    a = _SlowProbe("a", 1, trip=2)
+    st = BackendState(a, _clock=lambda: now[0])
+    # Nothing succeeded at all: a dead backend is still benched after failures_to_trip probes.
+    assert not await check_once(st)
+    assert not await check_once(st)
+    assert not st.healthy and st.busy_probes == 0
+    # A call that succeeded long before the probe (over one interval earlier) does not excuse it either.
+    b = _SlowProbe("b", 1, trip=1)
+    st2 = BackendState(b, _clock=lambda: now[0])
+    st2.last_ok = now[0]
+    now[0] += b.config.health.interval_s + 1
+    assert not await check_once(st2)
+    assert not st2.healthy

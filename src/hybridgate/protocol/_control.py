@@ -63,6 +63,9 @@ class BackendHealth(_Out):
     operations: list[str]
     health_checks: Literal["active", "passive"]
     in_flight: int
+    busy_probes: int = Field(
+        0, description="Health probes that timed out while calls to the backend succeeded (busy, not counted)"
+    )
     concurrency: dict[str, int] | None
     model_errors: dict[str, str] = Field(description="Public model -> why this backend does not serve it")
 

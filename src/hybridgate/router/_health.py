@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hybridgate._capacity import Capacity
-from hybridgate.backends import Backend, BackendError, Lifecycle
+from hybridgate.backends import Backend, BackendError, BackendTimeoutError, Lifecycle
 
 log = logging.getLogger("hybridgate.health")
 
@@ -35,6 +35,11 @@ class BackendState:
     gate: Capacity | None = None
     # Public model -> why the backend would not serve it ("model not found": the config maps it wrong).
     model_errors: dict[str, str] = field(default_factory=dict)
+    # Monotonic time a real call last got an answer or its stream's first chunk from this backend: a probe
+    # that times out while calls keep succeeding says the backend is busy, not dead (see probe_timed_out).
+    last_ok: float = float("-inf")
+    # Probe timeouts not counted against health because calls were succeeding meanwhile.
+    busy_probes: int = 0
     _clock: Any = field(default=time.monotonic, repr=False)
 
     def __post_init__(self) -> None:
@@ -95,6 +100,23 @@ class BackendState:
             self.healthy = False
             self.open_until = self._clock() + cfg.cooldown_s
 
+    def probe_timed_out(self, error: str, started: float) -> bool:
+        """A health probe that began at `started` (monotonic) timed out; True when it counts as a failure.
+
+        Under heavy load a probe queues behind thousands of streams and misses its deadline while the backend
+        answers every real call: benching it then turns a busy backend into a dead one. So a timeout counts
+        only when no real call succeeded from one probe interval before the probe began until now (calls
+        failing too, or none in flight); else it is noted (last_error says so) and the backend stays in.
+        """
+        self.last_check = time.time()
+        window = started - self.backend.config.health.interval_s
+        if self.healthy and self.last_ok >= window:
+            self.busy_probes += 1
+            self.last_error = f"{error} (not counted: calls to it are succeeding, busy)"
+            return False
+        self.record_failure(error)
+        return True
+
     def snapshot(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -113,6 +135,7 @@ class BackendState:
             "operations": sorted(self.backend.operations),
             "health_checks": "active" if self.active_checks else "passive",
             "in_flight": self.in_flight,
+            "busy_probes": self.busy_probes,
             "concurrency": (
                 None
                 if self.gate is None
@@ -125,8 +148,12 @@ class BackendState:
 async def check_once(state: BackendState) -> bool:
     """Run one active health check and record its outcome."""
     t0 = time.perf_counter()
+    started = state._clock()
     try:
         await state.backend.check_health()
+    except BackendTimeoutError as e:
+        state.probe_timed_out(f"health check: {e.message}", started)
+        return False
     except BackendError as e:
         state.last_check = time.time()
         state.record_failure(f"health check: {e.message}")
@@ -153,12 +180,12 @@ async def health_loop(state: BackendState) -> None:
         return  # passive: health comes from real calls only
     while True:
         if state.backend.ready:
+            started = state._clock()
             try:
                 async with asyncio.timeout(cfg.timeout_s + 1):
                     await check_once(state)
             except TimeoutError:
-                state.last_check = time.time()
-                state.record_failure(f"health check timed out after {cfg.timeout_s:g}s")
+                state.probe_timed_out(f"health check timed out after {cfg.timeout_s:g}s", started)
         await asyncio.sleep(
             cfg.interval_s if state.healthy else min(cfg.interval_s, max(cfg.cooldown_s, 0.5))
         )

@@ -552,6 +552,7 @@ class BackendManager:
             if resp is None:
                 return None
             a.duration_s = time.perf_counter() - t0
+            st.last_ok = st._clock()
             a.ok, a.status, a.usage = True, 200, resp.usage
             if resp.usage.estimated:
                 a.usage = _estimated_usage(call, resp.body)
@@ -590,6 +591,7 @@ class BackendManager:
             )
             if first is None:
                 return None
+            st.last_ok = st._clock()  # answering, however slowly its health probe is (busy_probes)
             attempts.append(a)
             opened = True
             return Stream(self, st, call, a, attempts, it, first, t0)
@@ -687,6 +689,7 @@ class Stream:
             a.ok, a.status, a.error = True, 499, "client disconnected mid-stream"
         else:
             a.ok, a.status = True, 200
+            self.state.last_ok = self.state._clock()
             self.state.record_success()
             if self.state.model_errors:
                 self.state.model_errors.pop(self.call.model, None)
