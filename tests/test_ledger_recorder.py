@@ -7,11 +7,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from _accounts import ledger_rows, sqlite_url
 from hybridgate.auth import KeyStore
 from hybridgate.ledger import LedgerRecorder
+from hybridgate.ledger._recorder import _SQLITE_MAX_ROWS
 from hybridgate.store import Store
 
 
@@ -108,3 +109,81 @@ def test_sqlite_insert_shapes_are_few_powers_of_two_that_fit_every_batch() -> No
     shapes = {_sqlite_shape(n) for n in range(1, _SQLITE_MAX_ROWS + 1)}
     assert all(_sqlite_shape(n) >= n for n in range(1, _SQLITE_MAX_ROWS + 1))
     assert all(s & (s - 1) == 0 for s in shapes) and len(shapes) <= 11
+
+
+def test_a_flush_costs_the_same_few_statements_however_many_rows_and_keys_it_carries(tmp_path: Path) -> None:
+    # Every statement is a round trip through the event loop; a busy loop makes each one slow, so a writer
+    # whose statements per flush grow with rows or keys falls behind exactly when the gateway is busiest.
+    db = sqlite_url(tmp_path)
+
+    async def run() -> tuple[int, int, list[Any]]:
+        store = Store(db)
+        await store.open()
+        keys = [(await KeyStore(store).create(f"k{i}")).record for i in range(40)]
+        rec = LedgerRecorder(store, interval_s=3600, max_batch=100)
+        statements: list[str] = []
+        event.listen(
+            store.engine.sync_engine,
+            "before_cursor_execute",
+            lambda conn, cursor, stmt, params, ctx, many: statements.append(stmt),
+        )
+        n = 2 * _SQLITE_MAX_ROWS + 10
+        for i in range(n):
+            rec.add(row(i, keys[i % 40].id, 0.001))
+        assert await rec.flush() == n
+        writes = [s for s in statements if s.lstrip().upper().startswith(("INSERT", "UPDATE"))]
+        spent = [k.spent_usd for k in await KeyStore(store).all()]
+        await store.close()
+        return len(writes), rec.flushes, spent
+
+    writes, flushes, spent = asyncio.run(run())
+    assert writes == 3 + 1  # three INSERTs (two full, one partial) and one UPDATE for the 40 keys' spend
+    assert flushes == 1
+    n = 2 * _SQLITE_MAX_ROWS + 10
+    assert sorted(round(s, 6) for s in spent) == sorted(
+        round(0.001 * len(range(k, n, 40)), 6) for k in range(40)
+    )
+
+
+def test_no_row_is_lost_while_the_event_loop_is_saturated(tmp_path: Path) -> None:
+    # Requests keep adding rows while the loop is kept busy (callbacks that hold it for a while, many tasks
+    # always ready to run): every row reaches the database, in order, and each key's spend with it.
+    db = sqlite_url(tmp_path)
+    n_rows = 6000
+
+    async def run() -> tuple[float, int, int]:
+        store = Store(db)
+        await store.open()
+        key = (await KeyStore(store).create("k")).record
+        rec = LedgerRecorder(store, interval_s=0.05, max_batch=200)
+        await rec.start()
+        stop = asyncio.Event()
+
+        async def hog() -> None:  # holds the loop 5 ms at a time, as thousands of busy streams would
+            while not stop.is_set():
+                t = time.perf_counter()
+                while time.perf_counter() - t < 0.005:
+                    pass
+                await asyncio.sleep(0)
+
+        hogs = [asyncio.create_task(hog()) for _ in range(20)]
+        for i in range(n_rows):
+            rec.add(row(i, key.id, 0.0001))
+            if i % 100 == 99:
+                await asyncio.sleep(0)
+        deadline = time.monotonic() + 30
+        while rec.written < n_rows and time.monotonic() < deadline:  # noqa: ASYNC110 - under a deadline
+            await asyncio.sleep(0.01)
+        written_while_busy = rec.written
+        stop.set()
+        await asyncio.gather(*hogs)
+        await rec.stop()
+        [after] = await KeyStore(store).all()
+        await store.close()
+        return after.spent_usd, written_while_busy, rec.dropped
+
+    spent, written_while_busy, dropped = asyncio.run(run())
+    assert written_while_busy == n_rows  # kept up while the loop was saturated, not only at shutdown
+    assert dropped == 0
+    assert [r["request_id"] for r in ledger_rows(db)] == [f"r{i}" for i in range(n_rows)]
+    assert abs(spent - n_rows * 0.0001) < 1e-6

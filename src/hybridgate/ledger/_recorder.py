@@ -16,7 +16,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import bindparam, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from hybridgate.store import Store, api_keys, ledger
@@ -32,7 +32,7 @@ _OPTIONAL: Row = {"operation": None, "images": 0, "gpu_seconds": 0.0, "training_
 
 
 # SQLite: the largest INSERT has this many rows (a power of two), under SQLite's limit of bound values
-# (32,766 from SQLite 3.32, else 999). A batch (max_batch, 1,000 by default) is one statement.
+# (32,766 from SQLite 3.32, else 999); a flush takes one INSERT per this many rows.
 _SQLITE_MAX_ROWS = 1 << (
     ((32_766 if sqlite3.sqlite_version_info >= (3, 32) else 999) // len(_COLUMNS)).bit_length() - 1
 )
@@ -122,6 +122,7 @@ class LedgerRecorder:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self.written = 0
+        self.flushes = 0  # transactions that wrote rows
         self.dropped = 0
         self.failures = 0
         # Run after each flush while the lock is still held (the budget book's reload from the database).
@@ -166,39 +167,48 @@ class LedgerRecorder:
             return n
 
     async def _flush_locked(self) -> int:
+        """Everything queued, in one transaction: its inserts (one statement per `_SQLITE_MAX_ROWS` rows on
+        SQLite, one executemany elsewhere) and one executemany for the spend of every key in it.
+
+        Each statement is a round trip through the event loop (aiosqlite's thread or the network hands its
+        answer back as a callback), and a busy loop takes long to run it: at 4,000 streams a flush took 21 s
+        when it cost a transaction per `max_batch` rows and an UPDATE per key. Now a flush costs the same
+        few round trips however many rows and keys it carries, so the writer keeps up: when the loop is
+        slow, the next flush simply carries more rows.
+        """
         # Take the queue as it is; rows added meanwhile go to a fresh list and wait for the next flush.
         rows, self._rows = self._rows, []
-        done = 0
-        while done < len(rows):
-            batch = rows[done : done + self.max_batch]
-            spend: dict[str, float] = defaultdict(float)
-            for r in batch:
-                if r["key_id"] is not None and r["cost_usd"]:
-                    spend[r["key_id"]] += r["cost_usd"]
-            try:
-                async with self.store.engine.begin() as conn:
-                    await _insert_rows(conn, batch)
-                    for key_id, amount in spend.items():
-                        await conn.execute(
-                            update(api_keys)
-                            .where(api_keys.c.id == key_id)
-                            .values(spent_usd=api_keys.c.spent_usd + amount)
-                        )
-            except BaseException as e:
-                self._rows = rows[done:] + self._rows  # kept, in order, for the next try
-                if not isinstance(e, Exception):
-                    raise  # cancelled: the rows are back in the queue for the final flush
-                self.failures += 1
-                if self.failures == 1 or self.failures % 40 == 0:
-                    log.error("ledger: cannot write %d rows (kept, retrying): %s", len(rows) - done, e)
-                return done
-            if self.failures:
-                log.info("ledger: writing again after %d failed attempts", self.failures)
-                self.failures = 0
-            self._forget(batch)
-            self.written += len(batch)
-            done += len(batch)
-        return done
+        if not rows:
+            return 0
+        spend: dict[str, float] = defaultdict(float)
+        for r in rows:
+            if r["key_id"] is not None and r["cost_usd"]:
+                spend[r["key_id"]] += r["cost_usd"]
+        try:
+            async with self.store.engine.begin() as conn:
+                await _insert_rows(conn, rows)
+                if spend:
+                    await conn.execute(
+                        update(api_keys)
+                        .where(api_keys.c.id == bindparam("b_key"))
+                        .values(spent_usd=api_keys.c.spent_usd + bindparam("b_amount")),
+                        [{"b_key": k, "b_amount": v} for k, v in spend.items()],
+                    )
+        except BaseException as e:
+            self._rows = rows + self._rows  # kept, in order, for the next try
+            if not isinstance(e, Exception):
+                raise  # cancelled: the rows are back in the queue for the final flush
+            self.failures += 1
+            if self.failures == 1 or self.failures % 40 == 0:
+                log.error("ledger: cannot write %d rows (kept, retrying): %s", len(rows), e)
+            return 0
+        if self.failures:
+            log.info("ledger: writing again after %d failed attempts", self.failures)
+            self.failures = 0
+        self._forget(rows)
+        self.written += len(rows)
+        self.flushes += 1
+        return len(rows)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="ledger:flush")
