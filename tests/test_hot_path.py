@@ -219,3 +219,91 @@ async def test_gc_is_tuned_only_where_the_gateway_owns_the_process(tmp_path: Pat
         await gw.shutdown()
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+# --- stream events passed through untouched when nothing in them must change ----------------------------
+
+
+def _reserialised(chunks: list[dict], model: str, include_usage: bool) -> list[dict]:
+    """What the client gets by the one rule (InferenceService.shape), as parsed JSON."""
+    from hybridgate.serving import InferenceService
+
+    return InferenceService.shape([dict(c) for c in chunks], model, include_usage)
+
+
+def _sent(body: bytes) -> list[dict]:
+    return [orjson.loads(line[5:]) for line in body.split(b"\n") if line.startswith(b"data:")]
+
+
+_CASES = {
+    # name: (events as the backend wrote them, public model, include_usage, passed through untouched?)
+    "same model": ([b'{"model":"m","choices":[{"delta":{"content":"a"}}]}'], "m", False, True),
+    "usage asked": (
+        [
+            b'{"model":"m","choices":[{"delta":{"content":"a"}}],"usage":null}',
+            b'{"model":"m","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}}',
+        ],
+        "m",
+        True,
+        True,
+    ),
+    "usage null stripped in bytes": (
+        [b'{"model":"m","choices":[{"delta":{"content":"a"}}],"usage":null}'] * 2,
+        "m",
+        False,
+        True,
+    ),
+    "usage chunk dropped": (
+        [
+            b'{"model":"m","choices":[{"delta":{"content":"a"}}]}',
+            b'{"model":"m","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}}',
+        ],
+        "m",
+        False,
+        False,
+    ),
+    "backend model renamed in bytes": (
+        [b'{"model":"org/llama-3","choices":[{"delta":{"content":"\\"model\\":\\"org/llama-3\\""}}]}'] * 3,
+        "llama",
+        False,
+        True,
+    ),
+    "backend model with spaces": ([b'{"model": "x", "choices": []}'], "m", True, False),
+    "no model field": ([b'{"choices":[{"delta":{"content":"a"}}]}'], "m", False, False),
+    "two backend names": ([b'{"model":"x","choices":[]}', b'{"model":"y","choices":[]}'], "m", True, False),
+}
+
+
+@pytest.mark.parametrize("case", list(_CASES))
+def test_a_passed_through_group_is_exactly_what_the_reserialising_rule_sends(case: str) -> None:
+    from hybridgate.api.hot import _passthrough
+
+    events, model, include_usage, untouched = _CASES[case]
+    raw_lines = [b"data: " + e for e in events]
+    raw = b"\n\n".join(raw_lines) + b"\n\n"
+    chunks = [orjson.loads(e) for e in events]
+    out = _passthrough(chunks, raw, model, orjson.dumps(model), include_usage)
+    if not untouched:
+        assert out is None  # the hot path re-serialises this group
+        return
+    assert out is not None
+    assert _sent(out) == _reserialised(chunks, model, include_usage)
+    assert out.endswith(b"\n\n") and out.count(b"data: ") == len(chunks)
+    if case == "same model":
+        assert out is raw  # not a byte copied
+
+
+async def test_the_openai_backend_hands_over_each_groups_own_bytes() -> None:
+    runner, port = await _upstream(
+        [_event(0) + _event(1), _event(2)[:9], _event(2)[9:] + b"data: [DONE]\n\n"]
+    )
+    cfg = BackendConfig(name="up", kind="openai", base_url=f"http://127.0.0.1:{port}/v1", models={"m": "m"})
+    backend = OpenAIBackend(cfg)
+    await backend.start()
+    try:
+        req = BackendRequest("chat", {"model": "m", "messages": [{"role": "user", "content": "hi"}]}, "m")
+        raws = [(b.raw, b.last) async for b in backend.stream_batches(req)]  # type: ignore[attr-defined]
+    finally:
+        await backend.close()
+        await runner.cleanup()
+    assert raws == [(_event(0) + _event(1), False), (_event(2), True)]

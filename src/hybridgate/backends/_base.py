@@ -62,13 +62,21 @@ class BackendResponse:
 
 class Batch(list[dict[str, Any]]):
     """The chunks of one network read. `last` when the stream ended with them ([DONE] in the same read), so
-    the gateway can write them together with the stream's tail: one write to the client instead of two."""
+    the gateway can write them together with the stream's tail: one write to the client instead of two.
 
-    __slots__ = ("last",)
+    `raw`, optional: these very events as SSE bytes, as the backend sent them (`data: {...}` lines, each
+    ended by a blank line; no `[DONE]`). An adapter that has them sets it, and the gateway writes them on
+    untouched when nothing in the chunks must change for the client (the public model name is already
+    there, no usage to strip), instead of re-serialising every chunk. The chunks stay the contract: they
+    are what the router reads (usage, text) and what is written when something must change.
+    """
 
-    def __init__(self, chunks: list[dict[str, Any]], last: bool = False) -> None:
+    __slots__ = ("last", "raw")
+
+    def __init__(self, chunks: list[dict[str, Any]], last: bool = False, raw: bytes | None = None) -> None:
         super().__init__(chunks)
         self.last = last
+        self.raw = raw
 
 
 class BackendError(Exception):

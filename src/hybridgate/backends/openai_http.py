@@ -142,9 +142,10 @@ class OpenAIBackend(HTTPBackend):
                 data = await resp.readany()
                 lines = (partial + data).split(b"\n")
                 partial = lines.pop() if data else b""
-                batch, done, error = _events(lines)
+                batch, raw, done, error = _events(lines)
                 if batch:
-                    yield Batch(batch, done)
+                    # The events' own bytes ride along: written on untouched when nothing must change.
+                    yield Batch(batch, done, b"\n\n".join(raw) + b"\n\n")
                 if error is not None:
                     raise error
                 if not data:
@@ -204,22 +205,30 @@ class OpenAIBackend(HTTPBackend):
             )
 
 
-def _events(lines: list[bytes]) -> tuple[list[dict[str, Any]], bool, BackendStreamError | None]:
-    """Parse SSE lines into chunks, up to `[DONE]` (done=True) or a bad event (returned after good ones)."""
+def _events(
+    lines: list[bytes],
+) -> tuple[list[dict[str, Any]], list[bytes], bool, BackendStreamError | None]:
+    """Parse SSE lines into chunks, up to `[DONE]` (done=True) or a bad event (returned after good ones).
+
+    Also the `data:` lines of those chunks, as received (for `Batch.raw`); a chunk that is not a JSON
+    object is not forwarded as it came (the gateway writes the chunks themselves then).
+    """
     out: list[dict[str, Any]] = []
+    raw: list[bytes] = []
     for line in lines:
         if not line.startswith(b"data:"):
             continue  # blank separators, comments, `event:` lines
         data = line[5:].strip()
         if data == b"[DONE]":
-            return out, True, None
+            return out, raw, True, None
         try:
             chunk = orjson.loads(data)
         except orjson.JSONDecodeError:
-            return out, False, BackendStreamError(f"malformed stream event: {data[:120]!r}")
+            return out, raw, False, BackendStreamError(f"malformed stream event: {data[:120]!r}")
         if isinstance(chunk, dict) and "error" in chunk and "choices" not in chunk:
             err = chunk["error"]
             msg = err.get("message") if isinstance(err, dict) else err
-            return out, False, BackendStreamError(f"backend sent an error mid-stream: {msg}")
+            return out, raw, False, BackendStreamError(f"backend sent an error mid-stream: {msg}")
         out.append(chunk)
-    return out, False, None
+        raw.append(line)
+    return out, raw, False, None
