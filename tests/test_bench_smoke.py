@@ -40,3 +40,27 @@ def test_overhead_benchmark_smoke_mode_serves_every_target_without_errors(tmp_pa
     # The gateway really did its accounting for these requests, not just proxy them.
     assert result["meta"]["hybridgate_metrics"]["hybridgate_requests_total"] > 0
     assert result["meta"]["hybridgate_metrics"]["hybridgate_cost_usd_total"] > 0
+
+
+def test_streams_benchmark_smoke_mode_measures_every_target_without_errors(tmp_path: Path) -> None:
+    out = tmp_path / "streams.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "streams.py"), "--smoke", "--json-file", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "open-file limit:" in proc.stdout
+    result = orjson.loads(out.read_bytes())
+    rows = {r["target"]: r for r in result["rows"]}
+    assert set(rows) == {"direct", "bare-aiohttp", "bare-ours", "hybridgate"}
+    for r in rows.values():
+        assert r["streams_per_s"] > 0, r
+        assert r["errors"] == 0, r
+        assert r["cpu_ms_per_stream"] > 0, r
+        assert r["ttft_p99_ms"] > 0, r
+    assert result["meta"]["nofile"] > 0
+    [ratio] = result["ratios"]
+    assert ratio["target"] == "hybridgate" and ratio["cpu_per_stream_vs_bare_ours"] > 0
