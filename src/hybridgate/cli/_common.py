@@ -77,10 +77,15 @@ def load_or_exit(path: Path | None) -> Config:
 
 def uvicorn_kwargs() -> dict[str, Any]:
     kw: dict[str, Any] = {"log_level": "warning", "access_log": False, "timeout_graceful_shutdown": 10}
+    import uvicorn
+
     try:
         import uvloop  # noqa: F401
 
         kw["loop"] = "uvloop"
+        if hasattr(uvicorn.Config, "get_loop_factory"):  # uvicorn >= 0.36 takes a loop factory by name
+            # uvloop, accepting up to a batch of waiting connections per loop turn instead of one (_loop.py)
+            kw["loop"] = "hybridgate._loop:new_event_loop"
     except ImportError:
         pass
     try:
