@@ -4,7 +4,8 @@ Each streamed answer sends its head at once, its first event after `--ttft-ms`, 
 1/`--tokens-per-s` seconds, `--events` in all (then usage when asked, then `[DONE]`): about two seconds a
 stream by default, so thousands are open at once. Every event is one write, as a model server does.
 
-As cheap per event as it can be, so that it is not what limits the run: raw asyncio protocols (uvloop),
+As cheap per event as it can be, so that it is not what limits the run: raw asyncio protocols (uvloop,
+accepting fairly: hybridgate._loop),
 httptools' parser, every event framed once at start, one timer for all streams (their deadlines come in
 the order they started, since every stream has the same pace, so two FIFO queues replace a heap).
 
@@ -223,13 +224,12 @@ def main() -> None:
     ap.add_argument("--tokens-per-s", type=float, default=20.0)
     ap.add_argument("--events", type=int, default=40)
     args = ap.parse_args()
-    try:
-        import uvloop
+    # hybridgate's serving loop: uvloop, accepting a batch of waiting connections per turn (uvloop's own
+    # server takes one per turn, and a busy upstream would then starve the proxies' new connections).
+    from hybridgate._loop import new_event_loop
 
-        uvloop.install()
-    except ImportError:
-        pass
-    asyncio.run(serve(args.port, args.ttft_ms / 1000, args.tokens_per_s, max(3, args.events)))
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        runner.run(serve(args.port, args.ttft_ms / 1000, args.tokens_per_s, max(3, args.events)))
 
 
 if __name__ == "__main__":

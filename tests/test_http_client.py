@@ -1083,3 +1083,34 @@ async def test_idle_connections_past_keepalive_are_closed_when_others_are_return
             await until(lambda: sum(p.saw_eof for p in server.peers) == 5)
     finally:
         await client.close()
+
+
+def test_a_connect_that_completed_while_the_loop_was_busy_is_not_a_timeout() -> None:
+    # Under thousands of streams a loop turn can outlast connect_s: the timer then fires before the loop has
+    # looked at a connection the kernel completed long ago. On uvloop (timers run before I/O in a turn) that
+    # was a ConnectTimeout, and under load hundreds of 503s against an upstream that had accepted them all.
+    from hybridgate._loop import new_event_loop
+
+    async def main() -> tuple[int, bytes]:
+        client = HTTPClient()
+        try:
+            async with serve(keep_answering(OK)) as server:
+                t = Timeouts(connect_s=0.05, read_s=2, total_s=3)
+
+                async def get() -> tuple[int, bytes]:
+                    resp = await client.request(server.origin, "GET", "/", b"", timeouts=t)
+                    try:
+                        return resp.status, await resp.read()
+                    finally:
+                        resp.release()
+
+                task = asyncio.create_task(get())
+                for _ in range(2):  # the request is connecting
+                    await asyncio.sleep(0)
+                time.sleep(0.3)  # noqa: ASYNC251 - one loop turn six times longer than connect_s
+                return await task
+        finally:
+            await client.close()
+
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        assert runner.run(main()) == (200, b"ok")

@@ -92,6 +92,7 @@ class FairServer:
     def __init__(self, listeners: list[_Listener]) -> None:
         self._listeners = listeners
         self.sockets = [x.sock for x in listeners]
+        self._forever: asyncio.Future[None] | None = None
 
     @property
     def accepted(self) -> int:
@@ -103,9 +104,19 @@ class FairServer:
     def close(self) -> None:
         for x in self._listeners:
             x.close()
+        if self._forever is not None and not self._forever.done():
+            self._forever.cancel()
 
     async def wait_closed(self) -> None:
         return None
+
+    async def serve_forever(self) -> None:
+        """Until closed (then CancelledError, as asyncio's own servers do)."""
+        self._forever = asyncio.get_running_loop().create_future()
+        try:
+            await self._forever
+        finally:
+            self.close()
 
     async def __aenter__(self) -> FairServer:
         return self
@@ -118,9 +129,7 @@ def _fair_create_server(base: type) -> type:
     class FairAcceptLoop(base):
         """uvloop's loop whose TCP servers accept up to ACCEPT_PER_TURN connections per turn."""
 
-        async def create_server(
-            self, protocol_factory: Callable[[], Any], *args: Any, **kw: Any
-        ) -> Any:
+        async def create_server(self, protocol_factory: Callable[[], Any], *args: Any, **kw: Any) -> Any:
             server = await super().create_server(protocol_factory, *args, **kw)
             if kw.get("ssl") is not None or not server.sockets:
                 return server
