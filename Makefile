@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # The local model extra compiles llama-cpp-python (about 5 minutes on 2 cores, once; pip caches the wheel).
 EXTRAS ?= local
 
-.PHONY: run test test-fast lint format bench install install-dev clean
+.PHONY: run test test-fast lint format bench bench-streams install install-dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ format: install-dev
 
 bench: install-dev
 	$(BIN)/python benchmarks/overhead.py $(ARGS)
+
+## make bench-streams: thousands of concurrent long streams, hybridgate against bare proxies (benchmarks/streams.py)
+bench-streams: install-dev
+	$(BIN)/python benchmarks/streams.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache build dist src/*.egg-info
