@@ -109,9 +109,13 @@ def start_bare(servers: Servers, upstream: Server, client: str, name: str) -> Se
     return srv
 
 
-def upstream_stats(upstream: Server) -> dict[str, int]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{upstream.port}/_stats", timeout=10) as r:
-        return dict(orjson.loads(r.read()))
+def upstream_stats(upstream: Server) -> dict[str, int] | None:
+    """The upstream's counters; None when it is too busy to answer them in time (then not reported)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{upstream.port}/_stats", timeout=30) as r:
+            return dict(orjson.loads(r.read()))
+    except OSError:
+        return None
 
 
 def measure(srv: Server, upstream: Server, clients: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -156,7 +160,7 @@ def measure(srv: Server, upstream: Server, clients: int, args: argparse.Namespac
             rss_load = tree_rss_mb(pid) or 0.0
             if cpu0 is not None and cpu1 is not None:
                 cell["cpu_s"] = cpu1 - cpu0
-            if up0 is not None:
+            if up0 is not None and up1 is not None:
                 # less the connection that read these numbers at the end (each read is a new connection)
                 cell["new_upstream_connections"] = up1["connections"] - up0["connections"] - 1
             cell["rss_before_mb"] = round(rss_before, 1)
@@ -374,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
                     cell = measure(started[t], up, n, args)
                     cell["round"] = r
                     cells.append(cell)
+                    args.json_file.parent.mkdir(parents=True, exist_ok=True)
+                    args.json_file.write_bytes(orjson.dumps({"meta": meta, "cells": cells}))  # so far
                     print(
                         f"N={n} round {r + 1} {t}: {cell['streams_ok']} streams, "
                         f"CPU {cell['cpu_ms_per_stream']} ms/stream, TTFT p99 {_ms(cell['ttft_p99_s'])} ms, "
