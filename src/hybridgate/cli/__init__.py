@@ -43,6 +43,7 @@ def _options(
 app.command()(serve.serve)
 app.command("mock-server")(mock.mock_server)
 app.command("mock-gemini")(mock.mock_gemini)
+app.command("mock-runpod")(mock.mock_runpod)
 app.add_typer(keys.keys_app, name="keys")
 app.add_typer(db.db_app, name="db")
 app.command("usage")(usage.usage_cmd)

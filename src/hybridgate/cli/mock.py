@@ -149,3 +149,74 @@ def mock_gemini(
         err=True,
     )
     uvicorn.run(server, host=host, port=port, **uvicorn_kwargs())
+
+
+def mock_runpod(
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 9300,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    api_key: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Require this bearer key (default: any non-empty key is accepted)."),
+    ] = None,
+    provision_polls: Annotated[
+        int, typer.Option(min=0, help="A pod's runtime stays null for this many status reads.")
+    ] = 2,
+    provision_s: Annotated[
+        float, typer.Option(min=0, help="...and at least this many seconds after create or resume.")
+    ] = 0.0,
+    serve_model: Annotated[
+        str, typer.Option(help="Model each pod's server serves when the pod's env has no MODEL.")
+    ] = "mock",
+    no_capacity: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--no-capacity", help="A GPU type id or data centre with no capacity, or 'all' (repeatable)."
+        ),
+    ] = None,
+    resume_fails: Annotated[
+        bool, typer.Option("--resume-fails", help="Resume answers 'not enough free GPUs on the host'.")
+    ] = False,
+    html_502: Annotated[
+        int, typer.Option(min=0, help="Answer the first N API calls with an HTML 502 page.")
+    ] = 0,
+    gpu: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--gpu", help='A GPU type and its price, "NVIDIA L4=0.43" (repeatable; default: four types).'
+        ),
+    ] = None,
+    no_servers: Annotated[
+        bool, typer.Option("--no-servers", help="Do not start a model server per pod (API contract tests).")
+    ] = False,
+) -> None:
+    """Run RunPod's pod API (GraphQL) on loopback; each running pod is backed by a real mock-server."""
+    import uvicorn
+
+    from hybridgate.testing.mocks.runpod import Faults, RunPodMock, parse_gpu
+
+    if api_key is not None and not api_key.strip():
+        raise fail("--api-key: must not be empty (leave it out to accept any key)")
+    if not serve_model.strip():
+        raise fail("--serve-model: must not be empty")
+    gpus = None
+    if gpu:
+        try:
+            gpus = dict(parse_gpu(g) for g in gpu)
+        except ValueError as e:
+            raise fail(f"--gpu: {e}") from None
+    faults = Faults(no_capacity=set(no_capacity or ()), resume_fails=resume_fails, html_502=html_502)
+    app = RunPodMock(
+        api_key=api_key,
+        provision_polls=provision_polls,
+        provision_s=provision_s,
+        serve_model=serve_model,
+        backing_servers=not no_servers,
+        gpus=gpus,
+        faults=faults,
+    )
+    typer.secho(
+        f"hybridgate mock-runpod: http://{host}:{port} (set RUNPOD_API_BASE_URL to it; GPU types: "
+        f"{', '.join(app.gpus)})",
+        err=True,
+    )
+    uvicorn.run(app, host=host, port=port, **uvicorn_kwargs())
