@@ -19,6 +19,7 @@ KINDS: dict[str, str] = {
     "openai": "hybridgate.backends.openai_http:OpenAIBackend",
     "llamacpp": "hybridgate.backends.llamacpp:LlamaCppBackend",
     "gemini": "hybridgate.backends.gemini:GeminiBackend",
+    "pod": "hybridgate.backends.pod:PodBackend",
 }
 
 

@@ -480,6 +480,7 @@ class BackendManager:
         when every candidate was full or failed does the call queue for a slot on the full ones."""
         plan, attempts = self.plan(call)
         if not plan:
+            self._demand(call)
             plan, attempts = await self._wait_warming(call, plan, attempts)
         refusal: GatewayError | None = None
         full: list[BackendState] = []  # at their cap on the first pass: queued for, in order, after it
@@ -499,13 +500,48 @@ class BackendManager:
                 attempts.append(
                     Attempt(st.name, st.backend.config.models[call.model], error=st.gate.describe())
                 )
+                self._demand(call)
                 continue
             out = await on(st, call, attempts)
             if isinstance(out, GatewayError):
                 refusal = refusal or out
             elif out is not None:
                 return out
+        # Everything in the plan failed or was full: capacity started on demand (a cloud pod) is waited
+        # for, up to warming_wait_s, rather than failing the call while it comes.
+        if call.forced is None and self._demand(call):
+            for st in await self._wait_new(call, {st.name for st in plan}):
+                if st.draining or (st.gate is not None and not st.gate.try_acquire()):
+                    continue
+                out = await on(st, call, attempts)
+                if isinstance(out, GatewayError):
+                    refusal = refusal or out
+                elif out is not None:
+                    return out
         raise self._fail(call, attempts, refusal)
+
+    def _demand(self, call: Call) -> bool:
+        """Tell the backends that start capacity on demand (the `pod` kind's `demand()`) that a call found
+        no ready backend able to take it; True when some capacity is on its way."""
+        coming = False
+        for st in self.by_model.get(call.model, ()):
+            demand = getattr(st.backend, "demand", None)
+            if demand is not None and not st.draining and demand():
+                coming = True
+        return coming
+
+    async def _wait_new(self, call: Call, tried: set[str]) -> list[BackendState]:
+        """Routable candidates not in `tried`, waiting up to `warming_wait_s` while one is on its way."""
+        deadline = time.monotonic() + self.warming_wait_s
+        while True:
+            plan, _ = self.plan(call)
+            new = [st for st in plan if st.name not in tried]
+            if new:
+                return new
+            others = [st for st in self.by_model.get(call.model, ()) if st.name not in tried]
+            if not any(st.lifecycle.coming for st in others) or time.monotonic() >= deadline:
+                return []
+            await asyncio.sleep(_WARM_POLL_S)
 
     async def _queue(self, st: BackendState, call: Call, attempts: list[Attempt]) -> bool:
         """Wait for a slot on a full backend; False (and a skipped attempt saying why) when none came."""

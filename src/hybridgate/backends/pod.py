@@ -1,0 +1,725 @@
+"""The `pod` kind: a pool of cloud GPU pods that start, scale and stop themselves, routed as one backend.
+
+The router sees one backend; inside it, each pod is a replica whose model server is an `openai` backend on
+the pod's endpoint. A replica's life is `stopped -> provisioning -> warming -> ready -> draining ->
+stopped` (each transition timestamped); the pool's lifecycle is its best replica's, so a request for a
+model whose pods are starting waits for them (`server.warming_wait_s`) like for any warming backend.
+
+- **Auto-start:** the router calls `demand()` when a call found no ready backend able to take it; a pool
+  with nothing running or coming launches (or resumes) a replica at once.
+- **Readiness** only when the served model answers: it is listed at `/v1/models` and a one-token
+  completion succeeds. A pod that is not ready within `ready_timeout_s` is terminated (billing stops).
+- **Scaling** (`cloud/_autoscale.py`): fast up, slow down, pending replicas counted; idle for
+  `idle_stop_s` -> down to `min_replicas` (stop, resumable; or terminate).
+- **Balancing:** least outstanding requests across ready replicas, `replica_concurrency` each.
+- **Costs:** a ledger row per replica per billed segment (from provisioning start to stop, idle
+  included, and every `cost_flush_s` while up, so a crash loses at most that much), in GPU-seconds and
+  USD at `price_per_hour` (else the provider's `costPerHr`).
+- **A crashed gateway** leaves pods named `hg-<backend>-...`: at start the pool adopts its own pods of
+  that name (running ones become replicas again, stopped ones resumable). RunPod has no provider-side
+  autostop; see README "Pods" for the dead-man bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import math
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from hybridgate.backends._base import (
+    Backend,
+    BackendError,
+    BackendRequest,
+    BackendResponse,
+    BackendUnavailableError,
+    Lifecycle,
+)
+from hybridgate.cloud import (
+    CloudError,
+    CloudResumeError,
+    PodInfo,
+    PodSpec,
+    PodStatus,
+    Provider,
+    make_provider,
+)
+from hybridgate.cloud._autoscale import ScalePolicy, Scaler
+from hybridgate.config import BackendConfig, HealthConfig
+from hybridgate.protocol import Endpoint
+
+log = logging.getLogger("hybridgate.pods")
+
+
+class PodOptions(BaseModel):
+    """`options` of a pod backend."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    provider: Literal["runpod"] = "runpod"
+    # The provider's API base URL (default: its public API; RUNPOD_API_BASE_URL also works).
+    provider_url: str | None = None
+    gpu_types: list[str] = Field(min_length=1)
+    data_centers: list[str] = Field(default_factory=list)
+    cloud_type: Literal["SECURE", "COMMUNITY", "ALL"] = "SECURE"
+    gpu_count: int = Field(1, ge=1, le=16)
+    image: str = Field(min_length=1)
+    docker_args: str = ""
+    env: dict[str, str] = Field(default_factory=dict)
+    port: int = Field(8000, ge=1, le=65535)
+    container_disk_gb: int = Field(20, ge=1)
+    # Bearer key of the model server on the pod (not the provider's key, which is the backend's api_key).
+    replica_api_key: str | None = None
+    min_replicas: int = Field(0, ge=0)
+    max_replicas: int = Field(1, ge=1, le=64)
+    target_in_flight: int = Field(4, ge=1)
+    replica_concurrency: int | None = Field(None, ge=1)
+    idle_stop_s: float = Field(300.0, ge=0)
+    idle_action: Literal["stop", "terminate"] = "stop"
+    down_delay_s: float = Field(120.0, ge=0)
+    ready_timeout_s: float = Field(900.0, gt=0)
+    drain_s: float = Field(30.0, ge=0)
+    poll_s: float = Field(5.0, gt=0)
+    cost_flush_s: float = Field(60.0, gt=0)
+    price_per_hour: float | None = Field(None, ge=0)
+    # On gateway shutdown: stop the pods (default; nothing left billing) or leave them for the next start.
+    stop_on_shutdown: bool = True
+    # Seconds to wait after a failed launch before trying again.
+    retry_s: float = Field(30.0, ge=0)
+    # How long a call waits for a slot when every ready pod is at replica_concurrency.
+    queue_s: float = Field(30.0, ge=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> PodOptions:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})"
+            )
+        return self
+
+
+class Replica:
+    """One pod of the pool and the openai backend on its endpoint once it has one."""
+
+    def __init__(self, pool: PodBackend, pod_id: str | None, name: str) -> None:
+        self.pool = pool
+        self.pod_id = pod_id
+        self.name = name
+        self.lifecycle = Lifecycle.STOPPED
+        self.transitions: list[tuple[float, str, str]] = []
+        self.backend: Backend | None = None
+        self.endpoint: str | None = None
+        self.in_flight = 0
+        self.busy_s = 0.0
+        self._busy_since: float | None = None
+        self.up_s = 0.0  # seconds billed (closed segments)
+        self.segment_start: float | None = None  # monotonic start of the open billing segment
+        self.phase_since = pool.clock()
+        self.cost_per_hr = 0.0
+        self.gpu: str | None = None
+        self.last_error: str | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.drained = asyncio.Event()  # set when the last call in flight ends
+
+    def set(self, state: Lifecycle, note: str = "") -> None:
+        if state is self.lifecycle and not note:
+            return
+        self.lifecycle = state
+        self.phase_since = self.pool.clock()
+        self.transitions.append((time.time(), state.value, note))
+        del self.transitions[:-50]
+        log.info("pod %s (%s) %s%s", self.name, self.pod_id or "-", state.value, f": {note}" if note else "")
+
+    def acquire(self) -> None:
+        if self.in_flight == 0:
+            self._busy_since = self.pool.clock()
+        self.in_flight += 1
+        self.pool.last_active = self.pool.clock()
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        self.pool.last_active = self.pool.clock()
+        if self.in_flight == 0 and self._busy_since is not None:
+            self.busy_s += self.pool.clock() - self._busy_since
+            self._busy_since = None
+        if self.in_flight == 0:
+            self.drained.set()
+        self.pool._changed.set()
+
+    def billed_s(self) -> float:
+        open_s = self.pool.clock() - self.segment_start if self.segment_start is not None else 0.0
+        return self.up_s + open_s
+
+    def utilisation(self) -> float | None:
+        up = self.billed_s()
+        busy = self.busy_s + (self.pool.clock() - self._busy_since if self._busy_since is not None else 0.0)
+        return round(min(1.0, busy / up), 4) if up > 0 else None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": self.pod_id,
+            "name": self.name,
+            "backend": self.pool.name,
+            "lifecycle": self.lifecycle.value,
+            "endpoint": self.endpoint,
+            "gpu": self.gpu,
+            "in_flight": self.in_flight,
+            "cost_per_hr": self.cost_per_hr,
+            "billed_s": round(self.billed_s(), 3),
+            "utilisation": self.utilisation(),
+            "last_error": self.last_error,
+            "transitions": [{"at": t, "state": s, "note": n} for t, s, n in self.transitions],
+        }
+
+
+CostSink = Callable[[dict[str, Any]], None]
+
+
+class PodBackend(Backend):
+    """A pool of cloud pods serving the backend's models, started, scaled and stopped by the gateway."""
+
+    enforces_timeouts = True  # each replica is an openai backend, which does
+    Options = PodOptions
+    free_health_checks = True
+
+    def __init__(self, config: BackendConfig, *, provider: Provider | None = None) -> None:
+        super().__init__(config)
+        o: PodOptions = self.options
+        if config.price.per_hour:
+            raise ValueError(
+                f"backend '{config.name}' (kind pod): set options.price_per_hour, not price.per_hour: pod time "
+                "is billed as its own ledger rows from provisioning to stop, not prorated per request"
+            )
+        self.clock: Callable[[], float] = time.monotonic
+        self._provider = provider
+        self.replicas: list[Replica] = []
+        self.policy = ScalePolicy(
+            o.min_replicas, o.max_replicas, o.target_in_flight, o.down_delay_s, o.idle_stop_s
+        )
+        self.scaler = Scaler(self.policy, self.clock())
+        self.last_active = self.clock()
+        self.last_error: str | None = None
+        self.events: list[tuple[float, str]] = []
+        self.cost_sink: CostSink | None = None
+        self._waiting = 0  # demand() calls since the last decision
+        self._wake = asyncio.Event()
+        self._changed = asyncio.Event()  # a replica became ready or finished a call
+        self._loop_task: asyncio.Task[None] | None = None
+        self._retry_after = 0.0
+        self._seq = itertools.count(1)
+        self._prefix = f"hg-{config.name}-"[:40]
+        self._model = next(iter(config.models.values()))
+        self._closing = False
+
+    # --- what the router sees -------------------------------------------------------------------
+    @property
+    def provider(self) -> Provider:
+        if self._provider is None:
+            o: PodOptions = self.options
+            self._provider = make_provider(
+                o.provider, self.config.api_key, base_url=o.provider_url, port=o.port
+            )
+        return self._provider
+
+    @property
+    def ready(self) -> bool:
+        return any(r.lifecycle is Lifecycle.READY for r in self.replicas)
+
+    @property
+    def lifecycle(self) -> Lifecycle:
+        states = {r.lifecycle for r in self.replicas}
+        for s in (Lifecycle.READY, Lifecycle.WARMING, Lifecycle.PROVISIONING, Lifecycle.DRAINING):
+            if s in states:
+                return s
+        return Lifecycle.STOPPED
+
+    @property
+    def state(self) -> str:
+        counts: dict[str, int] = {}
+        for r in self.replicas:
+            counts[r.lifecycle.value] = counts.get(r.lifecycle.value, 0) + 1
+        inner = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no pods"
+        return f"{self.lifecycle.value} ({inner})"
+
+    def demand(self) -> bool:
+        """A call found no ready backend able to take it. Start capacity if none is coming; True when
+        some is on its way (the router then waits for it, up to server.warming_wait_s)."""
+        self._waiting += 1
+        self.last_active = self.clock()
+        if self._closing:
+            return False
+        self._wake.set()
+        if any(r.lifecycle.coming for r in self.replicas):
+            return True
+        if not self._can_launch():
+            return False
+        # At once, not on the controller's next tick: the caller is about to wait for what is coming.
+        self._launch("a request found no ready backend able to take it")
+        return True
+
+    def _can_launch(self) -> bool:
+        active = sum(1 for r in self.replicas if r.lifecycle not in (Lifecycle.STOPPED, Lifecycle.FAILED))
+        return active < self.policy.max_replicas and self.clock() >= self._retry_after
+
+    def describe(self) -> dict[str, Any]:
+        """The pool for /health/backends and /v1/pods."""
+        o: PodOptions = self.options
+        return {
+            "provider": o.provider,
+            "min_replicas": o.min_replicas,
+            "max_replicas": o.max_replicas,
+            "idle_stop_s": o.idle_stop_s,
+            "last_error": self.last_error,
+            "replicas": [r.describe() for r in self.replicas],
+            "events": [{"at": t, "event": e} for t, e in self.events[-20:]],
+        }
+
+    # --- life ---------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._closing = False
+        self._loop_task = asyncio.create_task(self._run(), name=f"pods:{self.name}")
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._loop_task
+        tasks = [r.task for r in self.replicas if r.task is not None and not r.task.done()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        o: PodOptions = self.options
+        if o.stop_on_shutdown:
+            await asyncio.gather(
+                *(
+                    self._retire(r, terminate=o.idle_action == "terminate", why="gateway shutting down")
+                    for r in self.replicas
+                    if r.pod_id and r.lifecycle is not Lifecycle.STOPPED
+                ),
+                return_exceptions=True,
+            )
+        else:
+            for r in self.replicas:
+                self._bill(r, close=True)
+        for r in self.replicas:
+            await self._drop_backend(r)
+        if self._provider is not None:
+            await self._provider.close()
+
+    def _event(self, text: str) -> None:
+        self.events.append((time.time(), text))
+        del self.events[:-100]
+        log.info("pods %s: %s", self.name, text)
+
+    async def _run(self) -> None:
+        with contextlib.suppress(CloudError):
+            await self._adopt()
+        while True:
+            try:
+                await self._tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # the controller must survive anything a provider does
+                log.exception("pods %s: controller step failed", self.name)
+                self.last_error = f"controller: {e!r}"
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.options.poll_s)
+
+    async def _adopt(self) -> None:
+        """Pods of this pool left by an earlier gateway (a crash, stop_on_shutdown false): take them back."""
+        for info in await self.provider.list():
+            if not info.name.startswith(self._prefix) or info.status is PodStatus.TERMINATED:
+                continue
+            r = Replica(self, info.id, info.name)
+            r.cost_per_hr, r.gpu = info.cost_per_hr, info.gpu
+            self.replicas.append(r)
+            if info.status is PodStatus.RUNNING:
+                r.segment_start = self.clock()
+                r.set(Lifecycle.PROVISIONING, "adopted a running pod left by an earlier gateway")
+                r.task = asyncio.create_task(self._bring_up(r, None))
+            else:
+                r.set(Lifecycle.STOPPED, "adopted a stopped pod left by an earlier gateway")
+            self._event(f"adopted pod {info.id} ({info.status.value})")
+
+    async def _tick(self) -> None:
+        o: PodOptions = self.options
+        now = self.clock()
+        for r in self.replicas:
+            if r.segment_start is not None and now - r.segment_start >= o.cost_flush_s:
+                self._bill(r, close=False)
+        ready = [r for r in self.replicas if r.lifecycle is Lifecycle.READY]
+        pending = [r for r in self.replicas if r.lifecycle.coming]
+        waiting, self._waiting = self._waiting, 0
+        d = self.scaler.decide(
+            now,
+            ready=len(ready),
+            pending=len(pending),
+            in_flight=sum(r.in_flight for r in ready),
+            waiting=waiting,
+            last_active=self.last_active,
+        )
+        have = len(ready) + len(pending)
+        if d.desired > have:
+            for _ in range(d.desired - have):
+                if not self._can_launch():
+                    break
+                self._launch(d.reason)
+        elif d.desired < len(ready) + len(pending) and ready:
+            # The least busy ready replicas go first (they drain fastest).
+            for r in sorted(ready, key=lambda r: r.in_flight)[: have - d.desired]:
+                r.set(Lifecycle.DRAINING, d.reason)
+                r.task = asyncio.create_task(self._drain(r, d.reason))
+
+    # --- transitions --------------------------------------------------------------------------------
+    def _launch(self, reason: str) -> Replica:
+        stopped = next((r for r in self.replicas if r.lifecycle is Lifecycle.STOPPED and r.pod_id), None)
+        if stopped is not None:
+            r = stopped
+        else:
+            r = Replica(self, None, f"{self._prefix}{secrets.token_hex(3)}{next(self._seq)}")
+            self.replicas.append(r)
+        r.segment_start = self.clock()
+        r.last_error = None
+        r.set(Lifecycle.PROVISIONING, reason)
+        r.task = asyncio.create_task(self._bring_up(r, reason))
+        return r
+
+    def _spec(self, name: str) -> PodSpec:
+        o: PodOptions = self.options
+        env = dict(o.env)
+        env.setdefault("MODEL", self._model)
+        return PodSpec(
+            name=name,
+            image=o.image,
+            gpu_types=tuple(o.gpu_types),
+            data_centers=tuple(o.data_centers) or (None,),
+            gpu_count=o.gpu_count,
+            cloud_type=o.cloud_type,
+            port=o.port,
+            docker_args=o.docker_args,
+            env=env,
+            container_disk_gb=o.container_disk_gb,
+        )
+
+    async def _bring_up(self, r: Replica, reason: str | None) -> None:
+        """provisioning -> warming -> ready, or back to nothing with the reason kept."""
+        o: PodOptions = self.options
+        deadline = self.clock() + o.ready_timeout_s
+        try:
+            info: PodInfo | None = None
+            if r.pod_id is not None and reason is not None:
+                try:
+                    info = await self.provider.start(r.pod_id, o.gpu_count)
+                    self._event(f"resumed pod {r.pod_id}")
+                except CloudResumeError as e:
+                    self._event(
+                        f"resume of pod {r.pod_id} failed ({e.message}): terminating it and creating a new one"
+                    )
+                    r.set(Lifecycle.PROVISIONING, f"resume failed ({e.message}); terminated, re-creating")
+                    with contextlib.suppress(CloudError):
+                        await self.provider.terminate(r.pod_id)
+                    r.pod_id = None
+            if r.pod_id is None:
+                notes: list[str] = []
+                info = await self.provider.launch(self._spec(r.name), notes=notes)
+                for n in notes:
+                    self._event(n)
+                r.pod_id = info.id
+                self._event(f"created pod {info.id} ({info.gpu or 'GPU'}, ${info.cost_per_hr:g}/h)")
+            while True:
+                assert r.pod_id is not None
+                info = await self.provider.status(r.pod_id)
+                if info is None or info.status is PodStatus.TERMINATED:
+                    raise CloudError(f"pod {r.pod_id} disappeared while starting")
+                r.cost_per_hr, r.gpu = info.cost_per_hr or r.cost_per_hr, info.gpu or r.gpu
+                if info.endpoint:
+                    if r.backend is None or r.endpoint != info.endpoint:
+                        await self._drop_backend(r)
+                        r.endpoint = info.endpoint
+                        r.backend = self._replica_backend(r, info.endpoint)
+                        await r.backend.start()
+                        r.set(Lifecycle.WARMING, f"container up at {info.endpoint}; waiting for the model")
+                    if await self._answers(r):
+                        r.set(Lifecycle.READY, "the model answers")
+                        self.last_active = self.clock()  # idle_stop_s counts from here at the earliest
+                        self.last_error = None
+                        self._wake.set()
+                        self._changed.set()
+                        return
+                if self.clock() >= deadline:
+                    raise CloudError(f"not ready within ready_timeout_s ({o.ready_timeout_s:g}s)")
+                await asyncio.sleep(min(o.poll_s, 1.0) if r.lifecycle is Lifecycle.WARMING else o.poll_s)
+        except asyncio.CancelledError:
+            raise
+        except CloudError as e:
+            await self._failed(r, e.message)
+        except Exception as e:
+            log.exception("pods %s: bringing up %s failed", self.name, r.name)
+            await self._failed(r, repr(e))
+
+    async def _failed(self, r: Replica, why: str) -> None:
+        o: PodOptions = self.options
+        self.last_error = r.last_error = why
+        self._retry_after = self.clock() + o.retry_s
+        self._event(f"pod {r.pod_id or r.name} failed to start: {why}")
+        r.set(Lifecycle.FAILED, why)
+        await self._drop_backend(r)
+        if r.pod_id is not None:
+            try:
+                await self.provider.terminate(r.pod_id)
+            except CloudError as e:
+                self._event(f"terminating pod {r.pod_id} failed: {e.message}")
+        self._bill(r, close=True)
+        if r in self.replicas:
+            self.replicas.remove(r)
+
+    async def _answers(self, r: Replica) -> bool:
+        """Ready only when the served model answers: listed, and a one-token completion succeeds."""
+        assert r.backend is not None
+        try:
+            served = await r.backend.served_models()
+            if served is not None and self._model not in served:
+                return False
+            body = {"model": self._model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
+            await r.backend.complete(BackendRequest(Endpoint.CHAT, body, next(iter(self.config.models)), 1))
+        except BackendError:
+            return False
+        return True
+
+    def _replica_backend(self, r: Replica, endpoint: str) -> Backend:
+        from hybridgate.backends.openai_http import OpenAIBackend
+
+        o: PodOptions = self.options
+        cfg = BackendConfig(
+            name=f"{self.name}.{r.pod_id}",
+            kind="openai",
+            base_url=endpoint,
+            api_key=o.replica_api_key,
+            models=dict(self.config.models),
+            timeouts=self.config.timeouts,
+            health=HealthConfig(path=self.config.health.path, timeout_s=self.config.health.timeout_s),
+            options={"check_models": True},
+        )
+        return OpenAIBackend(cfg)
+
+    async def _drop_backend(self, r: Replica) -> None:
+        b, r.backend = r.backend, None
+        if b is not None:
+            with contextlib.suppress(Exception):
+                await b.close()
+
+    async def _drain(self, r: Replica, why: str) -> None:
+        o: PodOptions = self.options
+        await self._drain_then(r, o.idle_action == "terminate", why)
+
+    async def _retire(self, r: Replica, *, terminate: bool, why: str) -> None:
+        """Stop (resumable) or terminate a replica's pod, and bill its segment."""
+        if r.lifecycle is not Lifecycle.DRAINING:
+            r.set(Lifecycle.DRAINING, why)
+        await self._drop_backend(r)
+        if r.pod_id is None:  # stopped before the provider made a pod: nothing to stop
+            self._bill(r, close=True)
+            r.set(Lifecycle.STOPPED, why)
+            if r in self.replicas:
+                self.replicas.remove(r)
+            return
+        try:
+            if terminate:
+                await self.provider.terminate(r.pod_id)
+            else:
+                await self.provider.stop(r.pod_id)
+        except CloudError as e:
+            self.last_error = r.last_error = f"stopping pod {r.pod_id}: {e.message}"
+            self._event(self.last_error)
+            r.set(Lifecycle.FAILED, e.message)
+            return  # still billing as far as we know: the next tick retries via the scaler
+        self._bill(r, close=True)
+        r.endpoint = None
+        self._event(f"{'terminated' if terminate else 'stopped'} pod {r.pod_id}: {why}")
+        r.set(Lifecycle.STOPPED, why)
+        if terminate and r in self.replicas:
+            self.replicas.remove(r)
+
+    def _bill(self, r: Replica, *, close: bool) -> None:
+        """Write the open billing segment as a ledger row (and start a new one unless closing)."""
+        if r.segment_start is None:
+            return
+        now = self.clock()
+        seconds = max(0.0, now - r.segment_start)
+        r.up_s += seconds
+        r.segment_start = None if close else now
+        o: PodOptions = self.options
+        per_hour = o.price_per_hour if o.price_per_hour is not None else r.cost_per_hr
+        cost = seconds * per_hour / 3600.0
+        if self.cost_sink is None or seconds <= 0:
+            return
+        wall = time.time()
+        self.cost_sink(
+            {
+                "ts": wall,
+                "day": time.strftime("%Y-%m-%d", time.gmtime(wall)),
+                "request_id": f"pod:{r.pod_id or r.name}:{int(wall * 1000)}"[:64],
+                "key_id": None,
+                "key_name": f"(pod) {self.name}",
+                "model": next(iter(self.config.models)),
+                "backend": self.name,
+                "backend_model": (r.pod_id or r.name)[:200],
+                "input_tokens": 0,
+                "output_tokens": 0,
+                "estimated": False,
+                "duration_s": seconds,
+                "status": None,
+                "ok": True,
+                "streamed": False,
+                "error": None,
+                "cost_usd": cost,
+                "operation": "pod_uptime",
+                "images": 0,
+                "gpu_seconds": seconds * o.gpu_count,
+                "training_tokens": 0,
+            }
+        )
+
+    # --- operator actions (the pods API) ---------------------------------------------------------
+    def find(self, pod_id: str) -> Replica | None:
+        return next((r for r in self.replicas if r.pod_id == pod_id), None)
+
+    def start_one(self, reason: str = "started by the operator") -> Replica:
+        """Launch (or resume) one more replica now. ValueError when max_replicas are already up."""
+        if not self._can_launch():
+            o: PodOptions = self.options
+            raise ValueError(
+                f"backend '{self.name}' already has max_replicas ({o.max_replicas}) pods up or coming"
+                + (
+                    f", or its last launch failed ({self.last_error}) and it waits retry_s"
+                    if self.last_error
+                    else ""
+                )
+            )
+        return self._launch(reason)
+
+    def stop_one(self, r: Replica, *, terminate: bool, reason: str) -> None:
+        """Drain a replica, then stop (resumable) or terminate its pod, in the background."""
+        if r.lifecycle is Lifecycle.STOPPED and not terminate:
+            raise ValueError(f"pod {r.pod_id} is already stopped")
+        if r.task is not None and not r.task.done() and r.lifecycle is not Lifecycle.DRAINING:
+            r.task.cancel()  # a bring-up in progress
+        if r.lifecycle is Lifecycle.STOPPED:
+            r.set(Lifecycle.DRAINING, reason)
+            r.task = asyncio.create_task(self._retire(r, terminate=True, why=reason))
+            return
+        r.set(Lifecycle.DRAINING, reason)
+        r.task = asyncio.create_task(self._drain_then(r, terminate, reason))
+
+    async def _drain_then(self, r: Replica, terminate: bool, why: str) -> None:
+        o: PodOptions = self.options
+        if r.in_flight:
+            r.drained.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(r.drained.wait(), o.drain_s)
+        await self._retire(r, terminate=terminate, why=why)
+
+    def resume_one(self, r: Replica) -> None:
+        if r.lifecycle is not Lifecycle.STOPPED:
+            raise ValueError(f"pod {r.pod_id} is {r.lifecycle.value}, not stopped")
+        r.segment_start = self.clock()
+        r.set(Lifecycle.PROVISIONING, "resumed by the operator")
+        r.task = asyncio.create_task(self._bring_up(r, "resumed by the operator"))
+
+    # --- calls --------------------------------------------------------------------------------------
+    def _free(self) -> Replica | None:
+        """The ready replica with the fewest requests outstanding, under its concurrency cap."""
+        o: PodOptions = self.options
+        best: Replica | None = None
+        for r in self.replicas:
+            if r.lifecycle is not Lifecycle.READY or r.backend is None:
+                continue
+            if o.replica_concurrency is not None and r.in_flight >= o.replica_concurrency:
+                continue
+            if best is None or r.in_flight < best.in_flight:
+                best = r
+        return best
+
+    async def _pick(self) -> Replica:
+        """A replica for one call (least outstanding requests). When every ready one is at its cap, more
+        are asked for and the call waits for a slot, up to `queue_s`."""
+        r = self._free()
+        if r is not None:
+            return r
+        o: PodOptions = self.options
+        deadline = self.clock() + o.queue_s
+        while True:
+            coming = self.demand()
+            ready = sum(1 for x in self.replicas if x.lifecycle is Lifecycle.READY)
+            left = deadline - self.clock()
+            if (not ready and not coming) or left <= 0:
+                raise BackendUnavailableError(
+                    f"all {ready} ready pods are at replica_concurrency ({o.replica_concurrency})"
+                    if ready
+                    else "no pod is ready"
+                )
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), min(left, 1.0))
+            r = self._free()
+            if r is not None:
+                return r
+
+    async def complete(self, req: BackendRequest) -> BackendResponse:
+        r = await self._pick()
+        assert r.backend is not None
+        r.acquire()
+        try:
+            return await r.backend.complete(req)
+        finally:
+            r.release()
+
+    async def stream(self, req: BackendRequest) -> AsyncIterator[dict[str, Any]]:
+        async for batch in self.stream_batches(req):
+            for chunk in batch:
+                yield chunk
+
+    async def stream_batches(self, req: BackendRequest) -> AsyncIterator[list[dict[str, Any]]]:
+        r = await self._pick()
+        assert r.backend is not None
+        r.acquire()
+        try:
+            async for batch in r.backend.stream_batches(req):
+                yield batch
+        finally:
+            r.release()
+
+    async def served_models(self) -> list[str] | None:
+        return None  # the pods come and go; each replica is checked before it is ready
+
+    async def check_health(self) -> None:
+        """Each ready replica's model server; one that fails is drained and replaced by the scaler."""
+        ready = [r for r in self.replicas if r.lifecycle is Lifecycle.READY and r.backend is not None]
+        errors = []
+        for r in ready:
+            assert r.backend is not None
+            try:
+                await r.backend.check_health()
+            except BackendError as e:
+                errors.append(f"{r.pod_id}: {e.message}")
+                r.last_error = e.message
+                r.set(Lifecycle.DRAINING, f"health check failed: {e.message}")
+                r.task = asyncio.create_task(self._retire(r, terminate=True, why=f"unhealthy: {e.message}"))
+        if ready and len(errors) == len(ready):
+            raise BackendError("every ready pod failed its health check: " + "; ".join(errors))
+
+    def expected_cost(self, seconds: float) -> float:
+        o: PodOptions = self.options
+        return math.fsum(seconds * (o.price_per_hour or r.cost_per_hr) / 3600 for r in self.replicas)
+
+
+__all__ = ["PodBackend", "PodOptions", "Replica"]
