@@ -339,6 +339,9 @@ class PodBackend(Backend):
         for info in await self.provider.list():
             if not info.name.startswith(self._prefix) or info.status is PodStatus.TERMINATED:
                 continue
+            # A pod this gateway launched meanwhile (its name is known before its id) is not an orphan.
+            if any(info.id == r.pod_id or info.name == r.name for r in self.replicas):
+                continue
             r = Replica(self, info.id, info.name)
             r.cost_per_hr, r.gpu = info.cost_per_hr, info.gpu
             self.replicas.append(r)

@@ -1,0 +1,174 @@
+"""The pod pool in process against `hybridgate mock-runpod` (a real process; each running pod backed by a
+real mock-server process): resume failure -> terminate and re-create, readiness deadline, provider
+errors, adoption of a crashed gateway's pods, operator actions, and scaling between min and max."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from hybridgate.backends import Lifecycle
+from hybridgate.backends.pod import PodBackend
+from hybridgate.config import BackendConfig
+from hybridgate.protocol import Operation
+from hybridgate.router import BackendManager, Call
+from hybridgate.testing.mocks.runpod import start_mock_runpod
+from hybridgate.testing.procs import Proc
+
+KEY = "rp-test-key"
+
+
+@pytest.fixture(scope="module")
+def rp() -> Iterator[Proc]:
+    proc = start_mock_runpod(api_key=KEY, provision_polls=1)
+    yield proc
+    proc.stop()
+
+
+def configure(rp: Proc, **faults: Any) -> None:
+    httpx.post(rp.url + "/_mock/config", json=faults).raise_for_status()
+
+
+def mock_pods(rp: Proc) -> dict[str, dict[str, Any]]:
+    return {p["id"]: p for p in httpx.get(rp.url + "/_mock/pods").json()["pods"]}
+
+
+@pytest.fixture(autouse=True)
+def _reset(rp: Proc) -> Iterator[None]:
+    yield
+    configure(rp, no_capacity=[], resume_fails=False, html_502=0, null_data=0, provision_polls=1)
+
+
+def pool(rp: Proc, name: str, **options: Any) -> PodBackend:
+    opts = {
+        "provider_url": rp.url,
+        "gpu_types": ["NVIDIA L4"],
+        "image": "vllm/vllm-openai:latest",
+        "poll_s": 0.1,
+        "retry_s": 0,
+        **options,
+    }
+    return PodBackend(BackendConfig(name=name, kind="pod", api_key=KEY, models={"m": "m"}, options=opts))
+
+
+@pytest.fixture
+async def pools() -> AsyncIterator[list[PodBackend]]:
+    made: list[PodBackend] = []
+    yield made
+    for p in made:
+        await p.close()
+
+
+async def until(what: str, check: Any, within_s: float = 30.0) -> None:
+    deadline = time.monotonic() + within_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {within_s}s")
+        await asyncio.sleep(0.05)
+
+
+def chat() -> Call:
+    return Call(Operation.CHAT, {"model": "m", "messages": [{"role": "user", "content": "hi"}]}, "m")
+
+
+async def test_resume_without_a_free_gpu_terminates_and_re_creates_saying_so(
+    rp: Proc, pools: list[PodBackend]
+) -> None:
+    p = pool(rp, "resume")
+    pools.append(p)
+    await p.start()
+    r = p.start_one()
+    await until("ready", lambda: p.ready)
+    first = r.pod_id
+    assert first is not None
+    p.stop_one(r, terminate=False, reason="test")
+    await until("stopped", lambda: r.lifecycle is Lifecycle.STOPPED)
+    assert mock_pods(rp)[first]["desiredStatus"] == "EXITED"
+    configure(rp, resume_fails=True)
+    p.resume_one(r)
+    await until("ready again", lambda: p.ready)
+    assert r.pod_id != first
+    assert mock_pods(rp)[first]["desiredStatus"] == "TERMINATED"
+    notes = " ".join(t[2] for t in r.transitions) + " ".join(e for _, e in p.events)
+    assert (
+        "not enough free GPUs" in notes
+        and "terminat" in notes
+        and "re-creat" in notes.replace("creating", "re-creat")
+    )
+
+
+async def test_a_pod_not_ready_by_its_deadline_is_terminated(rp: Proc, pools: list[PodBackend]) -> None:
+    configure(rp, provision_polls=10_000)  # its runtime never appears
+    p = pool(rp, "deadline", ready_timeout_s=0.5, retry_s=60)
+    pools.append(p)
+    await p.start()
+    r = p.start_one()
+    await until("given up", lambda: r not in p.replicas)
+    assert r.lifecycle is Lifecycle.FAILED and "ready_timeout_s" in (p.last_error or "")
+    assert r.pod_id is not None and mock_pods(rp)[r.pod_id]["desiredStatus"] == "TERMINATED"
+    assert not p.demand()  # waits retry_s before trying again: a call is not told capacity is coming
+    with pytest.raises(ValueError, match="retry_s"):
+        p.start_one()
+
+
+async def test_provider_errors_are_shown_not_raised(rp: Proc, pools: list[PodBackend]) -> None:
+    configure(rp, html_502=1)
+    p = pool(rp, "html")
+    pools.append(p)
+    await p.start()
+    await asyncio.sleep(0.3)  # adoption's list retries once through the 502
+    configure(rp, html_502=1)
+    r = p.start_one()
+    await until("failed", lambda: r not in p.replicas)
+    assert "HTTP 502 with an HTML page" in (p.last_error or "")
+    configure(rp, no_capacity=["all"])
+    r = p.start_one()
+    await until("failed", lambda: r not in p.replicas)
+    assert "no capacity for any GPU type" in (p.last_error or "")
+
+
+async def test_a_new_gateway_adopts_the_pods_of_a_crashed_one(rp: Proc, pools: list[PodBackend]) -> None:
+    a = pool(rp, "adopt", stop_on_shutdown=False)
+    await a.start()
+    r = a.start_one()
+    await until("ready", lambda: a.ready)
+    await a.close()  # as a crash would, it leaves its pod running
+    assert mock_pods(rp)[r.pod_id or ""]["desiredStatus"] == "RUNNING"
+    b = pool(rp, "adopt")
+    pools.append(b)
+    await b.start()
+    await until("adopted and ready", lambda: b.ready)
+    assert [x.pod_id for x in b.replicas] == [r.pod_id]
+    assert "adopted" in b.replicas[0].transitions[0][2]
+
+
+async def test_scales_up_under_load_balances_and_back_to_zero(rp: Proc, pools: list[PodBackend]) -> None:
+    p = pool(
+        rp, "scale", max_replicas=2, target_in_flight=1, replica_concurrency=1, idle_stop_s=1, down_delay_s=0
+    )
+    pools.append(p)
+    mgr = BackendManager([p], warming_wait_s=30)
+    await mgr.start()
+    try:
+        results = await asyncio.gather(*(mgr.complete(chat()) for _ in range(6)))
+        assert all(res.backend == "scale" for res in results)
+        assert 1 <= len([r for r in p.replicas if r.pod_id]) <= 2  # never past max_replicas
+        ids = {r.pod_id for r in p.replicas}
+        await until("both ready", lambda: sum(r.lifecycle is Lifecycle.READY for r in p.replicas) == 2)
+        assert {r.pod_id for r in p.replicas} == ids  # no extra pods while the second one warmed
+        # least outstanding: two calls at once land on two different replicas
+        before = {r.pod_id: r.busy_s for r in p.replicas}
+        await asyncio.gather(mgr.complete(chat()), mgr.complete(chat()))
+        assert all(r.busy_s > before[r.pod_id] for r in p.replicas)
+        await until(
+            "idle: back to zero", lambda: all(r.lifecycle is Lifecycle.STOPPED for r in p.replicas), 20
+        )
+        assert all(mock_pods(rp)[r.pod_id or ""]["desiredStatus"] == "EXITED" for r in p.replicas)
+    finally:
+        await mgr.close()
+        pools.remove(p)
