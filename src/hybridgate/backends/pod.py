@@ -52,6 +52,7 @@ from hybridgate.cloud import (
     make_provider,
 )
 from hybridgate.cloud._autoscale import ScalePolicy, Scaler
+from hybridgate.cloud._lease import Lease
 from hybridgate.config import BackendConfig, HealthConfig
 from hybridgate.protocol import Endpoint
 
@@ -95,6 +96,8 @@ class PodOptions(BaseModel):
     retry_s: float = Field(30.0, ge=0)
     # How long a call waits for a slot when every ready pod is at replica_concurrency.
     queue_s: float = Field(30.0, ge=0)
+    # Several gateway processes: a lease not renewed for this long (its holder crashed) is taken over.
+    lease_ttl_s: float = Field(15.0, gt=0)
 
     @model_validator(mode="after")
     def _bounds(self) -> PodOptions:
@@ -217,6 +220,21 @@ class PodBackend(Backend):
         self._prefix = f"hg-{config.name}-"[:40]
         self._model = next(iter(config.models.values()))
         self._closing = False
+        # Several gateway processes: only the holder of the pool's lease decides (attach_store).
+        self.lease: Lease | None = None
+        self._owner = True
+        self._requested_until = 0.0  # a follower asked the owner for capacity: "coming" until then
+        self._seen_wanted = 0.0
+
+    def attach_store(self, engine: Callable[[], Any]) -> None:
+        """Share the pool's decisions with other gateway processes through the database's lease row."""
+        o: PodOptions = self.options
+        self.lease = Lease(engine, self.name, secrets.token_hex(8), ttl_s=max(o.lease_ttl_s, 2 * o.poll_s))
+        self._owner = False  # until the first tick says otherwise
+
+    @property
+    def owner(self) -> bool:
+        return self._owner
 
     # --- what the router sees -------------------------------------------------------------------
     @property
@@ -238,6 +256,8 @@ class PodBackend(Backend):
         for s in (Lifecycle.READY, Lifecycle.WARMING, Lifecycle.PROVISIONING, Lifecycle.DRAINING):
             if s in states:
                 return s
+        if self._requested_until > self.clock():
+            return Lifecycle.PROVISIONING  # asked of the owning process, which is starting it
         return Lifecycle.STOPPED
 
     @property
@@ -260,6 +280,11 @@ class PodBackend(Backend):
             return True
         if not self._can_launch():
             return False
+        if not self._owner:
+            # Another process decides: it hears of this through the lease row on our next tick.
+            assert self.lease is not None
+            self._requested_until = self.clock() + 2 * self.lease.ttl_s
+            return True
         # At once, not on the controller's next tick: the caller is about to wait for what is coming.
         self._launch("a request found no ready backend able to take it")
         return True
@@ -297,7 +322,7 @@ class PodBackend(Backend):
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         o: PodOptions = self.options
-        if o.stop_on_shutdown:
+        if o.stop_on_shutdown and self._owner:
             await asyncio.gather(
                 *(
                     self._retire(r, terminate=o.idle_action == "terminate", why="gateway shutting down")
@@ -311,6 +336,9 @@ class PodBackend(Backend):
                 self._bill(r, close=True)
         for r in self.replicas:
             await self._drop_backend(r)
+        if self.lease is not None and self._owner:
+            with contextlib.suppress(Exception):
+                await self.lease.release()
         if self._provider is not None:
             await self._provider.close()
 
@@ -346,7 +374,8 @@ class PodBackend(Backend):
             r.cost_per_hr, r.gpu = info.cost_per_hr, info.gpu
             self.replicas.append(r)
             if info.status is PodStatus.RUNNING:
-                r.segment_start = self.clock()
+                if self.lease is None:
+                    r.segment_start = self.clock()  # with a lease, the owner bills (_tick)
                 r.set(Lifecycle.PROVISIONING, "adopted a running pod left by an earlier gateway")
                 r.task = asyncio.create_task(self._bring_up(r, None))
             else:
@@ -356,6 +385,8 @@ class PodBackend(Backend):
     async def _tick(self) -> None:
         o: PodOptions = self.options
         now = self.clock()
+        if self.lease is not None and not await self._lease_tick(now):
+            return  # a follower: the owner decides
         for r in self.replicas:
             if r.segment_start is not None and now - r.segment_start >= o.cost_flush_s:
                 self._bill(r, close=False)
@@ -381,6 +412,57 @@ class PodBackend(Backend):
             for r in sorted(ready, key=lambda r: r.in_flight)[: have - d.desired]:
                 r.set(Lifecycle.DRAINING, d.reason)
                 r.task = asyncio.create_task(self._drain(r, d.reason))
+
+    async def _lease_tick(self, now: float) -> bool:
+        """Renew or take the lease; True when this process decides. A follower follows the provider's
+        list and leaves its demand and activity in the lease row."""
+        assert self.lease is not None
+        try:
+            owner = await self.lease.acquire()
+        except Exception as e:  # the database is not open yet, or down: decide nothing (no double launch)
+            self.last_error = f"pod lease: {type(e).__name__}: {e}"
+            self._owner = False
+            return False
+        if owner and not self._owner:
+            self._event("this process now owns the pool's decisions (lease)")
+            for r in self.replicas:  # pods followed until now are billed from here by their new owner
+                if r.pod_id and r.lifecycle is not Lifecycle.STOPPED and r.segment_start is None:
+                    r.segment_start = now
+        self._owner = owner
+        if owner:
+            if self.lease.wanted_at > self._seen_wanted:
+                self._seen_wanted = self.lease.wanted_at
+                self._waiting += 1
+            if self.lease.active_at:
+                self.last_active = max(self.last_active, now - max(0.0, time.time() - self.lease.active_at))
+            return True
+        waiting, self._waiting = self._waiting, 0
+        busy = any(r.in_flight for r in self.replicas) or now - self.last_active < self.options.poll_s * 2
+        await self.lease.signal(wanted=waiting > 0, active=busy)
+        await self._follow()
+        return False
+
+    async def _follow(self) -> None:
+        """As a follower: the owner's running pods become replicas here; ones it stopped leave."""
+        running = {i.id: i for i in await self.provider.list() if i.name.startswith(self._prefix)}
+        for r in list(self.replicas):
+            info = running.get(r.pod_id or "")
+            if (
+                info is None or info.status is not PodStatus.RUNNING
+            ) and r.lifecycle is not Lifecycle.STOPPED:
+                if r.task is not None and not r.task.done():
+                    r.task.cancel()
+                await self._drop_backend(r)
+                r.set(Lifecycle.STOPPED, "stopped by the owning process")
+        for info in running.values():
+            if info.status is PodStatus.RUNNING and not any(
+                r.pod_id == info.id and r.lifecycle is not Lifecycle.STOPPED for r in self.replicas
+            ):
+                r = self.find(info.id) or Replica(self, info.id, info.name)
+                if r not in self.replicas:
+                    self.replicas.append(r)
+                r.set(Lifecycle.PROVISIONING, "started by the owning process")
+                r.task = asyncio.create_task(self._bring_up(r, None))
 
     # --- transitions --------------------------------------------------------------------------------
     def _launch(self, reason: str) -> Replica:
@@ -476,7 +558,7 @@ class PodBackend(Backend):
         self._event(f"pod {r.pod_id or r.name} failed to start: {why}")
         r.set(Lifecycle.FAILED, why)
         await self._drop_backend(r)
-        if r.pod_id is not None:
+        if r.pod_id is not None and self._owner:
             try:
                 await self.provider.terminate(r.pod_id)
             except CloudError as e:
@@ -529,7 +611,7 @@ class PodBackend(Backend):
         if r.lifecycle is not Lifecycle.DRAINING:
             r.set(Lifecycle.DRAINING, why)
         await self._drop_backend(r)
-        if r.pod_id is None:  # stopped before the provider made a pod: nothing to stop
+        if r.pod_id is None or not self._owner:  # no pod yet, or the owning process stops it
             self._bill(r, close=True)
             r.set(Lifecycle.STOPPED, why)
             if r in self.replicas:

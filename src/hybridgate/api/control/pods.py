@@ -156,11 +156,14 @@ def router(manager: BackendManager, master: Callable[..., Awaitable[None]]) -> A
     return r
 
 
-def attach(manager: BackendManager, add_row: Callable[[dict[str, Any]], None]) -> None:
-    """Give every pod backend the ledger's row writer, for its pod-time rows."""
+def attach(
+    manager: BackendManager, add_row: Callable[[dict[str, Any]], None], engine: Callable[[], Any]
+) -> None:
+    """Give every pod backend the ledger's row writer (its pod-time rows) and the database (its lease)."""
     for b in manager.backends:
         if isinstance(b, PodBackend):
             b.cost_sink = add_row
+            b.attach_store(engine)
 
 
 __all__ = ["attach", "router"]
