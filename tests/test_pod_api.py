@@ -1,0 +1,102 @@
+"""/v1/pods on a real gateway with a pod backend on `hybridgate mock-runpod`: list, start, stop, resume,
+terminate, and a clear error for every wrong call."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from hybridgate.testing.mocks.runpod import start_mock_runpod
+from hybridgate.testing.procs import Proc, start_gateway
+
+MASTER = "sk-master-pods-api-0123456789"
+RP_KEY = "rp-test-key"
+ADMIN = {"Authorization": f"Bearer {MASTER}"}
+
+
+@pytest.fixture
+def gw(tmp_path: Path) -> Iterator[tuple[Proc, Proc]]:
+    rp = start_mock_runpod(api_key=RP_KEY, provision_polls=1)
+    config = {
+        "backends": [
+            {
+                "name": "gpu",
+                "kind": "pod",
+                "api_key": RP_KEY,
+                "models": {"chat": "m"},
+                "options": {
+                    "provider_url": rp.url,
+                    "gpu_types": ["NVIDIA L4"],
+                    "image": "img",
+                    "poll_s": 0.2,
+                    "idle_stop_s": 600,
+                },
+            }
+        ],
+    }
+    gateway = start_gateway(config, env={"HYBRIDGATE_MASTER_KEY": MASTER}, workdir=tmp_path)
+    yield gateway, rp
+    gateway.stop()
+    rp.stop()
+
+
+def wait_for(what: str, check: Any, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.1)
+    raise AssertionError(f"{what}: not within {timeout}s")
+
+
+def test_operator_actions_and_their_errors(gw: tuple[Proc, Proc]) -> None:
+    g, rp = gw
+    url = g.url + "/v1/pods"
+    assert httpx.get(url).status_code == 401
+    assert httpx.get(url, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert httpx.get(url, headers=ADMIN).json() == {
+        "object": "list",
+        "data": [],
+        "pools": [httpx.get(url, headers=ADMIN).json()["pools"][0]],
+    }
+    bad = httpx.post(url + "/start", params={"backend": "nope"}, headers=ADMIN)
+    assert bad.status_code == 400 and "No pod backend named 'nope'" in bad.json()["error"]["message"]
+    started = httpx.post(url + "/start", params={"backend": "gpu"}, headers=ADMIN)
+    assert started.status_code == 202 and started.json()["lifecycle"] == "provisioning"
+    again = httpx.post(url + "/start", params={"backend": "gpu"}, headers=ADMIN)
+    assert again.status_code == 409 and "max_replicas" in again.json()["error"]["message"]
+
+    def ready() -> str | None:
+        data = httpx.get(url, params={"status": "ready"}, headers=ADMIN).json()["data"]
+        return data[0]["id"] if data else None
+
+    pod_id = wait_for("the pod is ready", ready)
+    assert httpx.get(url, params={"status": "sleeping"}, headers=ADMIN).status_code == 400
+    one = httpx.get(f"{url}/{pod_id}", headers=ADMIN).json()
+    assert [t["state"] for t in one["transitions"]] == ["provisioning", "warming", "ready"]
+    assert httpx.get(f"{url}/nope", headers=ADMIN).status_code == 404
+
+    stop = httpx.post(f"{url}/{pod_id}/stop", headers=ADMIN)
+    assert stop.status_code == 202 and stop.json()["lifecycle"] == "draining"
+    wait_for("stopped", lambda: httpx.get(f"{url}/{pod_id}", headers=ADMIN).json()["lifecycle"] == "stopped")
+    assert httpx.post(f"{url}/{pod_id}/stop", headers=ADMIN).status_code == 409
+    mock = {p["id"]: p for p in httpx.get(rp.url + "/_mock/pods").json()["pods"]}
+    assert mock[pod_id]["desiredStatus"] == "EXITED"
+
+    assert httpx.post(f"{url}/{pod_id}/resume", headers=ADMIN).status_code == 202
+    wait_for("ready again", ready)
+    assert httpx.post(f"{url}/{pod_id}/resume", headers=ADMIN).status_code == 409
+
+    assert httpx.post(f"{url}/{pod_id}/terminate", headers=ADMIN).status_code == 202
+    wait_for("gone", lambda: httpx.get(f"{url}/{pod_id}", headers=ADMIN).status_code == 404)
+    mock = {p["id"]: p for p in httpx.get(rp.url + "/_mock/pods").json()["pods"]}
+    assert mock[pod_id]["desiredStatus"] == "TERMINATED"
+
+    paths = httpx.get(g.url + "/openapi.json").json()["paths"]
+    assert {"/v1/pods", "/v1/pods/{pod_id}", "/v1/pods/start", "/v1/pods/{pod_id}/stop"} <= set(paths)
