@@ -3,6 +3,10 @@ terminate, and a clear error for every wrong call."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,6 +101,24 @@ def test_operator_actions_and_their_errors(gw: tuple[Proc, Proc]) -> None:
     wait_for("gone", lambda: httpx.get(f"{url}/{pod_id}", headers=ADMIN).status_code == 404)
     mock = {p["id"]: p for p in httpx.get(rp.url + "/_mock/pods").json()["pods"]}
     assert mock[pod_id]["desiredStatus"] == "TERMINATED"
+
+    # the same through `hybridgate pods`, with progress for the slow steps
+    env = {**os.environ, "HYBRIDGATE_MASTER_KEY": MASTER, "HYBRIDGATE_URL": g.url}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "hybridgate", "pods", *args]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+
+    started_cli = cli("start", "--backend", "gpu", "--wait", "30", "-o", "json")
+    assert started_cli.returncode == 0, started_cli.stderr
+    new = json.loads(started_cli.stdout)[0]
+    assert new["lifecycle"] == "ready" and "warming" in started_cli.stderr  # the transitions as they came
+    listed = cli("list", "--status", "ready", "-o", "json")
+    assert [p["id"] for p in json.loads(listed.stdout)] == [new["id"]]
+    stopped = cli("stop", new["id"], "--wait", "30", "-o", "json")
+    assert stopped.returncode == 0 and json.loads(stopped.stdout)[0]["lifecycle"] == "stopped"
+    assert cli("status", "nope").returncode == 1
+    assert cli("list", "--status", "sleeping").returncode == 3
 
     paths = httpx.get(g.url + "/openapi.json").json()["paths"]
     assert {"/v1/pods", "/v1/pods/{pod_id}", "/v1/pods/start", "/v1/pods/{pod_id}/stop"} <= set(paths)

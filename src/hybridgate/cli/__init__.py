@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from hybridgate import __version__
-from hybridgate.cli import check, db, drift, keys, mock, serve, usage
+from hybridgate.cli import check, db, drift, keys, mock, pods, serve, usage
 from hybridgate.cli._common import _Group
 
 app = typer.Typer(
@@ -46,6 +46,7 @@ app.command("mock-gemini")(mock.mock_gemini)
 app.command("mock-runpod")(mock.mock_runpod)
 app.add_typer(keys.keys_app, name="keys")
 app.add_typer(db.db_app, name="db")
+app.add_typer(pods.pods_app, name="pods")
 app.command("usage")(usage.usage_cmd)
 app.command()(check.check)
 app.command()(check.wait)
