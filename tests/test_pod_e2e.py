@@ -143,6 +143,11 @@ def test_local_killed_a_pod_starts_serves_stops_when_idle_and_its_cost_is_booked
     assert gpu_s == pytest.approx(seconds)
     assert cost == pytest.approx(seconds * 0.43 / 3600, rel=1e-6)
 
+    usage = httpx.get(gw.url + "/v1/usage", params={"group_by": "operation"}, headers=admin).json()
+    groups = {g["group"]: g for g in usage["data"]}
+    assert groups["pod_uptime"]["cost_usd"] == pytest.approx(cost, abs=1e-8)  # pod cost beside API cost
+    assert "chat" in groups
+
     # The next request resumes the stopped pod (no new pod) and is served by it.
     assert ask()[0] == "gpu"
     again = httpx.get(gw.url + "/v1/pods", headers=admin).json()["data"]
