@@ -119,6 +119,8 @@ def test_local_killed_a_pod_starts_serves_stops_when_idle_and_its_cost_is_booked
     assert health["gpu"]["lifecycle"] == "ready" and health["gpu"]["routable"]
     metrics = httpx.get(gw.url + "/metrics").text
     assert 'hybridgate_backend_lifecycle{backend="gpu",state="ready"} 1.0' in metrics
+    assert f'hybridgate_pod_lifecycle{{backend="gpu",pod="{pod["id"]}",state="ready"}} 1.0' in metrics
+    assert f'hybridgate_pod_billed_seconds{{backend="gpu",pod="{pod["id"]}"}}' in metrics
 
     # Idle for idle_stop_s: stopped (resumable), its model server gone, billing over.
     wait_for(

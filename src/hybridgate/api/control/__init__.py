@@ -87,7 +87,7 @@ def build(gw: Gateway) -> FastAPI:
     app.include_router(usage.router(gw.ledger, principal), responses=_deps.UNAUTHENTICATED)
     app.include_router(admin.router(KeyStore(gw.store), gw.keys, gw.manager.models, master))
     app.include_router(pods.router(gw.manager, master))
-    pods.attach(gw.manager, gw.ledger.recorder.add, lambda: gw.store.engine)
+    pods.attach(gw.manager, gw.ledger.recorder.add, lambda: gw.store.engine, gw.metrics.registry)
     app.include_router(root.router())
     anchor = _HotAnchor(gw)
     for path in HOT:

@@ -6,10 +6,13 @@ Master key only. Slow steps (a pod takes minutes to start) run in the background
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 from pydantic import BaseModel, ConfigDict, Field
 
 from hybridgate.backends.pod import PodBackend, Replica
@@ -156,14 +159,59 @@ def router(manager: BackendManager, master: Callable[..., Awaitable[None]]) -> A
     return r
 
 
+class PodCollector(Collector):
+    """Per-pod series for /metrics, read from the pools at scrape time (routing never pays for them)."""
+
+    def __init__(self, manager: BackendManager) -> None:
+        self.manager = manager
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        state = GaugeMetricFamily(
+            "hybridgate_pod_lifecycle",
+            "1 for the lifecycle state each cloud pod is in",
+            labels=["backend", "pod", "state"],
+        )
+        billed = GaugeMetricFamily(
+            "hybridgate_pod_billed_seconds",
+            "Seconds each pod was billed (provisioning to stop, idle included)",
+            labels=["backend", "pod"],
+        )
+        busy = GaugeMetricFamily(
+            "hybridgate_pod_utilisation", "Busy time over billed time per pod", labels=["backend", "pod"]
+        )
+        for b in self.manager.backends:
+            if not isinstance(b, PodBackend):
+                continue
+            for r in b.replicas:
+                pod = r.pod_id or r.name
+                for s in STATES:
+                    state.add_metric([b.name, pod, s], 1.0 if r.lifecycle.value == s else 0.0)
+                billed.add_metric([b.name, pod], r.billed_s())
+                u = r.utilisation()
+                if u is not None:
+                    busy.add_metric([b.name, pod], u)
+        yield state
+        yield billed
+        yield busy
+
+
+STATES = ("stopped", "provisioning", "warming", "ready", "draining", "failed")
+
+
 def attach(
-    manager: BackendManager, add_row: Callable[[dict[str, Any]], None], engine: Callable[[], Any]
+    manager: BackendManager,
+    add_row: Callable[[dict[str, Any]], None],
+    engine: Callable[[], Any],
+    registry: CollectorRegistry | None = None,
 ) -> None:
-    """Give every pod backend the ledger's row writer (its pod-time rows) and the database (its lease)."""
-    for b in manager.backends:
-        if isinstance(b, PodBackend):
-            b.cost_sink = add_row
-            b.attach_store(engine)
+    """Give every pod backend the ledger's row writer (its pod-time rows) and the database (its lease);
+    register the per-pod series in the gateway's metrics."""
+    pools = [b for b in manager.backends if isinstance(b, PodBackend)]
+    for b in pools:
+        b.cost_sink = add_row
+        b.attach_store(engine)
+    if pools and registry is not None:
+        registry.register(PodCollector(manager))
 
 
 __all__ = ["attach", "router"]
