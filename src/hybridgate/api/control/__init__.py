@@ -76,7 +76,7 @@ def build(gw: Gateway) -> FastAPI:
         redoc_url=None,
         redirect_slashes=False,  # the dispatcher strips a trailing slash before routing
     )
-    known = "/v1/chat/completions, /v1/completions, /v1/models, /v1/usage, /v1/pods, /health, /admin/keys"
+    known = "/v1/chat/completions, /v1/completions, /v1/models, /v1/usage, /health, /admin/keys"
     _errors.install(app, known)
     principal = _deps.caller(gw.auth)
     master = _deps.master(gw.auth, gw.keys)
@@ -86,8 +86,8 @@ def build(gw: Gateway) -> FastAPI:
     )
     app.include_router(usage.router(gw.ledger, principal), responses=_deps.UNAUTHENTICATED)
     app.include_router(admin.router(KeyStore(gw.store), gw.keys, gw.manager.models, master))
-    app.include_router(pods.router(gw.manager, master))
-    pods.attach(gw.manager, gw.ledger.recorder.add, lambda: gw.store.engine, gw.metrics.registry)
+    if pods.attach(gw.manager, gw.ledger.recorder.add, lambda: gw.store.engine, gw.metrics.registry):
+        app.include_router(pods.router(gw.manager, master))  # only on a gateway with pod backends
     app.include_router(root.router())
     anchor = _HotAnchor(gw)
     for path in HOT:

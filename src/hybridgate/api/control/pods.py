@@ -203,15 +203,16 @@ def attach(
     add_row: Callable[[dict[str, Any]], None],
     engine: Callable[[], Any],
     registry: CollectorRegistry | None = None,
-) -> None:
+) -> bool:
     """Give every pod backend the ledger's row writer (its pod-time rows) and the database (its lease);
-    register the per-pod series in the gateway's metrics."""
+    register the per-pod series in the gateway's metrics. False when the gateway has no pod backend."""
     pools = [b for b in manager.backends if isinstance(b, PodBackend)]
     for b in pools:
         b.cost_sink = add_row
         b.attach_store(engine)
     if pools and registry is not None:
         registry.register(PodCollector(manager))
+    return bool(pools)
 
 
 __all__ = ["attach", "router"]
