@@ -3,6 +3,9 @@ replicas counted (no cascade), never past max, down to min when idle."""
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 import pytest
 
 from hybridgate.cloud._autoscale import ScalePolicy, Scaler
@@ -93,3 +96,25 @@ def test_bad_bounds_are_refused() -> None:
         ScalePolicy(3, 2)
     with pytest.raises(ValueError, match="target_in_flight"):
         ScalePolicy(0, 1, target_in_flight=0)
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"options": {"image": "img"}}, "options.gpu_types: Field required"),
+        ({"options": {"gpu_types": [], "image": "img"}}, "options.gpu_types"),
+        (
+            {"options": {"gpu_types": ["L4"], "image": "img", "min_replicas": 3, "max_replicas": 2}},
+            "min_replicas (3)",
+        ),
+        ({"options": {"gpu_types": ["L4"], "image": "img", "provider": "aws"}}, "options.provider"),
+        ({"options": {"gpu_types": ["L4"], "image": "img", "idle_stop": 5}}, "options.idle_stop"),
+        ({"options": {"gpu_types": ["L4"], "image": "img"}, "price": {"per_hour": 1.0}}, "price_per_hour"),
+    ],
+)
+def test_a_bad_pod_backend_is_refused_naming_the_field(config: dict[str, Any], message: str) -> None:
+    from hybridgate.backends import build_backend
+    from hybridgate.config import BackendConfig
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        build_backend(BackendConfig(name="gpu", kind="pod", models={"m": "m"}, **config))
