@@ -130,6 +130,7 @@ async def test_provider_errors_are_shown_not_raised(rp: Proc, pools: list[PodBac
     r = p.start_one()
     await until("failed", lambda: r not in p.replicas)
     assert "no capacity for any GPU type" in (p.last_error or "")
+    assert "last error: RunPod has no capacity" in p.state  # what a 503 lists for this backend
 
 
 async def test_a_new_gateway_adopts_the_pods_of_a_crashed_one(rp: Proc, pools: list[PodBackend]) -> None:

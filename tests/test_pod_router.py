@@ -85,3 +85,23 @@ async def test_capacity_slower_than_the_bound_is_a_503_saying_so() -> None:
     with pytest.raises(UpstreamUnavailableError) as e:
         await BackendManager([pod], warming_wait_s=0.2).complete(call())
     assert e.value.code == "backends_warming"
+
+
+async def test_while_a_pod_ranked_above_a_fallback_warms_the_fallback_serves_then_the_pod() -> None:
+    local, pod = Slow("local", priority=1), OnDemand("pod", priority=5, warm_s=0.3)
+    hosted = Slow("hosted", priority=8)
+    local.fail_with = BackendConnectError("connection refused")
+    mgr = BackendManager([local, pod, hosted], warming_wait_s=5)
+    first = await mgr.complete(call())
+    assert first.backend == "hosted" and pod.asked == 1  # bridged by the fallback, the pod started at once
+    assert pod.task is not None
+    await pod.task
+    assert (await mgr.complete(call())).backend == "pod"
+
+
+async def test_a_pod_ranked_below_a_ready_fallback_is_not_started() -> None:
+    local, hosted = Slow("local", priority=1), Slow("hosted", priority=5)
+    pod = OnDemand("pod", priority=8)
+    local.fail_with = BackendConnectError("connection refused")
+    res = await BackendManager([local, hosted, pod], warming_wait_s=5).complete(call())
+    assert res.backend == "hosted" and pod.asked == 0 and pod.life is Lifecycle.STOPPED

@@ -266,6 +266,10 @@ class PodBackend(Backend):
         for r in self.replicas:
             counts[r.lifecycle.value] = counts.get(r.lifecycle.value, 0) + 1
         inner = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no pods"
+        if self.last_error and not self.ready:
+            inner += (
+                f"; last error: {self.last_error[:300]}"  # shown in a 503's attempts and /health/backends
+            )
         return f"{self.lifecycle.value} ({inner})"
 
     def demand(self) -> bool:

@@ -500,13 +500,15 @@ class BackendManager:
                 attempts.append(
                     Attempt(st.name, st.backend.config.models[call.model], error=st.gate.describe())
                 )
-                self._demand(call)
+                self._demand(call, after=st)
                 continue
             out = await on(st, call, attempts)
             if isinstance(out, GatewayError):
                 refusal = refusal or out
             elif out is not None:
                 return out
+            else:
+                self._demand(call, after=st)
         # Everything in the plan failed or was full: capacity started on demand (a cloud pod) is waited
         # for, up to warming_wait_s, rather than failing the call while it comes.
         if call.forced is None and self._demand(call):
@@ -520,13 +522,22 @@ class BackendManager:
                     return out
         raise self._fail(call, attempts, refusal)
 
-    def _demand(self, call: Call) -> bool:
+    def _demand(self, call: Call, after: BackendState | None = None) -> bool:
         """Tell the backends that start capacity on demand (the `pod` kind's `demand()`) that a call found
-        no ready backend able to take it; True when some capacity is on its way."""
+        no ready backend able to take it; True when some capacity is on its way.
+
+        `after`: a candidate just failed or was full; only on-demand backends ranked between it and the
+        next routable one are asked (a pod ranked below a ready hosted API is not started for it)."""
         coming = False
-        for st in self.by_model.get(call.model, ()):
+        candidates = self.by_model.get(call.model, [])
+        start = candidates.index(after) + 1 if after is not None and after in candidates else 0
+        for st in candidates[start:]:
             demand = getattr(st.backend, "demand", None)
-            if demand is not None and not st.draining and demand():
+            if demand is None:
+                if after is not None and st.routable():
+                    break  # a ready backend ranked above any further one will take the call
+                continue
+            if not st.draining and demand():
                 coming = True
         return coming
 
