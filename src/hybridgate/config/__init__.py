@@ -6,9 +6,11 @@ from hybridgate.config._schema import (
     ConcurrencyConfig,
     Config,
     HealthConfig,
+    JobsConfig,
     MockOptions,
     PriceConfig,
     ServerConfig,
+    StorageConfig,
     TimeoutsConfig,
 )
 
@@ -18,9 +20,11 @@ __all__ = [
     "Config",
     "ConfigError",
     "HealthConfig",
+    "JobsConfig",
     "MockOptions",
     "PriceConfig",
     "ServerConfig",
+    "StorageConfig",
     "TimeoutsConfig",
     "default_config",
     "load_config",

@@ -231,10 +231,66 @@ class BackendConfig(_Strict):
         return v.rstrip("/")
 
 
+class StorageConfig(_Strict):
+    """Where artifacts (generated images, videos, LoRA files) are kept (`hybridgate.storage`).
+
+    `url` unset: local files in a `files` folder beside the SQLite database (`./.hybridgate/files` with
+    PostgreSQL). A path or `file:///path`: local files there. `s3://bucket/prefix`: an S3-compatible store,
+    with the endpoint and credentials below or from the usual AWS environment variables.
+    """
+
+    url: str | None = None
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    # The largest object accepted (a put past it fails and leaves nothing behind).
+    max_object_bytes: int = Field(2 * 1024**3, ge=1)
+    # Download links the gateway signs (GET /v1/files/...): HMAC key and lifetime. Unset key: a random one
+    # kept in the data folder, shared by every process on this machine; set it when replicas share storage.
+    signing_secret: str | None = Field(None, min_length=16)
+    url_ttl_s: int = Field(3600, ge=1, le=7 * 86400)
+
+
+class JobsConfig(_Strict):
+    """Durable generation jobs (`hybridgate.jobs`): in-process workers on leased rows in the database."""
+
+    enabled: bool = True
+    # Jobs this process runs at once (each mostly waits on a provider).
+    workers: int = Field(8, ge=1, le=1000)
+    # A worker holds a job for lease_s and renews it every lease_s/3; a dead process's jobs are taken over
+    # by a live one once the lease has run out.
+    lease_s: float = Field(30.0, ge=1, le=3600)
+    # How often an idle worker looks for work.
+    claim_interval_s: float = Field(0.5, gt=0, le=60)
+    # The slow poll of a provider while its webhook is awaited (or the only way, without a public URL).
+    provider_poll_s: float = Field(5.0, gt=0, le=3600)
+    # Jobs of one key running at once (the rest wait, queued).
+    max_per_key: int = Field(4, ge=1)
+    # Tries of a failed step (with exponential backoff) before the job fails.
+    max_attempts: int = Field(5, ge=1, le=100)
+    # The longest a job may run; reserved at its price per GPU-hour and the bound of every wait.
+    time_bound_s: float = Field(3600.0, gt=0, le=7 * 86400)
+    # How long POST /v1/images/generations waits for its job before answering 202 with the job id.
+    images_wait_s: float = Field(60.0, ge=0, le=600)
+    # This gateway's address as providers and users reach it (webhooks to /v1/jobs/webhooks/..., links).
+    # Unset: no provider webhooks (the poll does the work) and links relative to the request's host.
+    public_url: str | None = None
+
+    @field_validator("public_url")
+    @classmethod
+    def _public(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("public_url must start with http:// or https://")
+        return v.rstrip("/") if v else v
+
+
 class Config(_Strict):
     server: ServerConfig = ServerConfig()
     backends: list[BackendConfig] = Field(min_length=1)
     database: str = "sqlite:///./.hybridgate/hybridgate.db"
+    storage: StorageConfig = StorageConfig()
+    jobs: JobsConfig = JobsConfig()
     # Where the config came from, for messages; not part of the file.
     source: str = Field("<embedded default>", exclude=True)
 

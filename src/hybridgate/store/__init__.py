@@ -6,7 +6,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from hybridgate.store._engine import StoreError, async_url, create_engine, sqlite_path
 from hybridgate.store._migrate import current_revision, head_revision, migrate
-from hybridgate.store._tables import api_keys, ledger, metadata
+from hybridgate.store._tables import (
+    api_keys,
+    job_events,
+    jobs,
+    ledger,
+    lora_versions,
+    metadata,
+    webhook_deliveries,
+)
 from hybridgate.store._time import parse_time
 
 
@@ -60,9 +68,13 @@ __all__ = [
     "create_engine",
     "current_revision",
     "head_revision",
+    "job_events",
+    "jobs",
     "ledger",
+    "lora_versions",
     "metadata",
     "migrate",
     "parse_time",
     "sqlite_path",
+    "webhook_deliveries",
 ]

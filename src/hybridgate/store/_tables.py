@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 
 # Stable constraint names, so migrations can refer to them on every backend.
@@ -81,4 +82,107 @@ ledger = Table(
     Index("ix_ledger_ts", "ts"),
 )
 
-__all__ = ["api_keys", "ledger", "metadata"]
+# Durable generation jobs (revision 0004): one row per job, the state machine's checkpoint. A worker
+# holds a job while `lease_expires` is ahead of the clock; every write it makes checks `lease_owner`.
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("key_id", String(32), nullable=True),
+    Column("key_name", String(200), nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("status", String(16), nullable=False),
+    # The step to run next: submit, wait, mirror, record, done.
+    Column("step", String(16), nullable=False),
+    Column("input", Text, nullable=False),  # JSON
+    # "<key id or ->:<Idempotency-Key header>": a retried submit finds the job it made.
+    Column("idempotency", String(300), nullable=True, unique=True),
+    Column("backend", String(200), nullable=True),
+    Column("backend_model", String(200), nullable=True),
+    # Set the moment before the provider is called; with no request id after it, the outcome is unknown.
+    Column("submit_sent_at", Float, nullable=True),
+    Column("provider_request_id", String(200), nullable=True),
+    Column("provider", Text, nullable=True),  # JSON: the provider's URLs and ids for this request
+    Column("progress", Float, nullable=False, server_default="0"),
+    Column("logs", Text, nullable=True),  # JSON list, the provider's log lines (the newest 200)
+    Column("result", Text, nullable=True),  # JSON: the provider's output, copied when it completed
+    Column("artifacts", Text, nullable=True),  # JSON list: what was mirrored into storage
+    Column("error", Text, nullable=True),  # JSON: {code, message}
+    Column("cost_reserved", Float, nullable=False, server_default="0"),
+    Column("cost_usd", Float, nullable=True),  # settled
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_run_at", Float, nullable=False),
+    Column("lease_owner", String(64), nullable=True),
+    Column("lease_expires", Float, nullable=True),
+    Column("cancel_requested", Boolean, nullable=False, server_default="0"),
+    # A provider's webhook arrived (the owner polls at once when it sees this move).
+    Column("notified_at", Float, nullable=True),
+    Column("webhook_url", Text, nullable=True),
+    Column("metadata", Text, nullable=True),  # JSON object the client attached
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("started_at", Float, nullable=True),
+    Column("finished_at", Float, nullable=True),
+    Index("ix_jobs_status_next_run_at", "status", "next_run_at"),
+    Index("ix_jobs_key_id_created_at", "key_id", "created_at"),
+    Index("ix_jobs_provider_request_id", "provider_request_id"),
+)
+
+# What happened to a job, in order: read by GET /v1/jobs/{id}/events (server-sent events), from any process.
+job_events = Table(
+    "job_events",
+    metadata,
+    Column("id", _ROW_ID, primary_key=True, autoincrement=True),
+    Column("job_id", String(40), nullable=False),
+    Column("ts", Float, nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("data", Text, nullable=False),  # JSON
+    Index("ix_job_events_job_id_id", "job_id", "id"),
+)
+
+# Outgoing webhooks to the users' URLs: one row per job end, retried until delivered or given up.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", String(40), primary_key=True),  # the stable delivery id (webhook-id header)
+    Column("job_id", String(40), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("body", Text, nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_try_at", Float, nullable=False),
+    Column("delivered_at", Float, nullable=True),
+    Column("failed_at", Float, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("lease_expires", Float, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Index("ix_webhook_deliveries_next_try_at", "delivered_at", "failed_at", "next_try_at"),
+)
+
+# Trained LoRA versions: a name per key, versions 1, 2, ... with their files in storage.
+lora_versions = Table(
+    "lora_versions",
+    metadata,
+    Column("id", _ROW_ID, primary_key=True, autoincrement=True),
+    Column("key_id", String(32), nullable=True),
+    Column("owner", String(64), nullable=False),  # key id, or "-" for the master key / an open gateway
+    Column("name", String(100), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("job_id", String(40), nullable=False, unique=True),
+    Column("trigger_word", String(200), nullable=True),
+    Column("steps", Integer, nullable=False),
+    Column("is_style", Boolean, nullable=False),
+    Column("weights_uri", Text, nullable=False),
+    Column("weights_key", Text, nullable=False),
+    Column("weights_sha256", String(64), nullable=False),
+    Column("config_uri", Text, nullable=True),
+    Column("config_key", Text, nullable=True),
+    Column("config_sha256", String(64), nullable=True),
+    Column("provider_request_id", String(200), nullable=True),
+    Column("backend", String(200), nullable=False),
+    Column("cost_usd", Float, nullable=False, server_default="0"),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("owner", "name", "version"),
+)
+
+__all__ = ["api_keys", "job_events", "jobs", "ledger", "lora_versions", "metadata", "webhook_deliveries"]
