@@ -30,11 +30,13 @@ from hybridgate.api.hot import InferenceRoutes
 from hybridgate.auth import Authenticator, KeyCache, KeyStore, KeyWatcher, Principal, bearer_token
 from hybridgate.backends import build_backend
 from hybridgate.config import Config, ConfigError, load_config
+from hybridgate.jobs import JobEngine
 from hybridgate.ledger import Ledger
 from hybridgate.observability import Metrics, configure_logging, flush_logs, log_request
 from hybridgate.protocol import GatewayError, NotFoundError
 from hybridgate.router import BackendManager
 from hybridgate.serving import InferenceService, RequestContext, attempt_headers, request_id
+from hybridgate.storage import Signer, Storage, StorageError, open_signer, open_storage
 from hybridgate.store import Store
 
 log = logging.getLogger("hybridgate.app")
@@ -65,11 +67,21 @@ class Gateway:
         except ValueError as e:
             raise ConfigError(str(e)) from None
         self.store = Store(config.database)  # connects (and migrates) at startup, not here
+        try:
+            self.storage: Storage = open_storage(config.storage, config.database)
+        except StorageError as e:
+            raise ConfigError(str(e)) from None
+        self._signer: Signer | None = None
         self.keys = KeyCache()
         self.auth = Authenticator(master_key, self.keys)
         self.metrics = Metrics(lambda: [s.snapshot() for s in list(self.manager.states.values())])
         self.ledger = Ledger(self.store, self.metrics.registry)
         self.watcher = KeyWatcher(KeyStore(self.store), self.keys)
+        self.jobs: JobEngine | None = (
+            JobEngine(self.store, self.manager, self.ledger, self.storage, lambda: self.signer, config.jobs)
+            if config.jobs.enabled
+            else None
+        )
         self.inference = InferenceService(self.manager, self.ledger.hooks_for)
         self.routes = routes = InferenceRoutes(
             self.inference, config.server.max_body_bytes, config.server.body_timeout_s
@@ -82,6 +94,13 @@ class Gateway:
         self.control = control.build(self)
         self.started_at = time.time()
         self._stack: AsyncExitStack | None = None
+
+    @property
+    def signer(self) -> Signer:
+        """Signs download links; its key is read (or created) in the data folder on first use."""
+        if self._signer is None:
+            self._signer = open_signer(self.config.storage, self.config.database)
+        return self._signer
 
     def may_see_keys(self, authorization: str | None) -> bool:
         """Whether a caller may see per-key series on /metrics: the master key or the metrics token."""
@@ -102,10 +121,16 @@ class Gateway:
             stack.push_async_callback(self.manager.close)
             await self.store.open()
             stack.push_async_callback(self.store.close)
+            await self.storage.start()
+            stack.push_async_callback(self.storage.close)
+            self.signer  # noqa: B018 - create the link-signing key now, not during a request
             await self.watcher.start()
             stack.push_async_callback(self.watcher.stop)
             await self.ledger.start()
             stack.push_async_callback(self.ledger.stop)  # flushes the last rows before the store closes
+            if self.jobs is not None:
+                await self.jobs.start()
+                stack.push_async_callback(self.jobs.stop)  # hands its leases back before the store closes
             await self.routes.start()
             stack.push_async_callback(self.routes.stop)
             self._stack = stack.pop_all()

@@ -220,3 +220,71 @@ def mock_runpod(
         err=True,
     )
     uvicorn.run(app, host=host, port=port, **uvicorn_kwargs())
+
+
+def mock_fal(
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 9200,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    latency_ms: Annotated[float, typer.Option(help="Delay before every answer (ms).")] = 0.0,
+    submit_delay_ms: Annotated[
+        float, typer.Option(help="Extra delay of a submit's answer, after the job was created (ms).")
+    ] = 0.0,
+    submit_fail_rate: Annotated[
+        float, typer.Option(help="Fraction of submits refused with --submit-fail-status (0..1).")
+    ] = 0.0,
+    submit_fail_status: Annotated[int, typer.Option(help="HTTP status of refused submits.")] = 503,
+    fail_rate: Annotated[float, typer.Option(help="Fraction of jobs that end in an error (0..1).")] = 0.0,
+    queue_s: Annotated[float, typer.Option(help="Seconds a job waits IN_QUEUE.")] = 0.2,
+    run_s: Annotated[float, typer.Option(help="Seconds a job runs IN_PROGRESS.")] = 0.5,
+    result_ttl_s: Annotated[float, typer.Option(help="Seconds a result under 10 KB is kept.")] = 3600.0,
+    result_ttl_large_s: Annotated[
+        float, typer.Option(help="Seconds a result of 10 KB or more is kept.")
+    ] = 360.0,
+    webhooks: Annotated[bool, typer.Option("--webhooks/--no-webhooks", help="Call fal_webhook URLs.")] = True,
+    bad_webhook_signature: Annotated[
+        bool, typer.Option("--bad-webhook-signature", help="Sign webhooks wrongly.")
+    ] = False,
+    duplicate_webhooks: Annotated[
+        bool, typer.Option("--duplicate-webhooks", help="Deliver every webhook twice.")
+    ] = False,
+    key: Annotated[Optional[str], typer.Option(help="Require 'Authorization: Key <this>'.")] = None,  # noqa: UP045
+    seed: Annotated[int, typer.Option(help="Seed of the failure dice and the default image seed.")] = 0,
+) -> None:
+    """Run a faithful fal.ai queue, storage and webhook server (free, real files, faults on demand)."""
+    import uvicorn
+    from pydantic import ValidationError
+
+    from hybridgate.testing.mocks.fal import FalMockOptions, make_app
+
+    try:
+        options = FalMockOptions(
+            latency_ms=latency_ms,
+            submit_delay_ms=submit_delay_ms,
+            submit_fail_rate=submit_fail_rate,
+            submit_fail_status=submit_fail_status,
+            fail_rate=fail_rate,
+            queue_s=queue_s,
+            run_s=run_s,
+            result_ttl_s=result_ttl_s,
+            result_ttl_large_s=result_ttl_large_s,
+            webhooks=webhooks,
+            bad_webhook_signature=bad_webhook_signature,
+            duplicate_webhooks=duplicate_webhooks,
+            key=key,
+            seed=seed,
+        )
+    except ValidationError as e:
+        raise fail(
+            "; ".join(
+                f"--{'.'.join(str(p) for p in err['loc']).replace('_', '-')}: {err['msg']}"
+                for err in e.errors()
+            )
+        ) from None
+    if key is not None and not key.strip():
+        raise fail("--key: must not be empty (leave it out to accept any key)")
+    url = f"http://{host}:{port}"
+    typer.secho(
+        f"hybridgate mock-fal: {url} (queue, storage, webhooks; JWKS at {url}/.well-known/jwks.json)",
+        err=True,
+    )
+    uvicorn.run(make_app(options, url), host=host, port=port, **uvicorn_kwargs())

@@ -144,6 +144,22 @@ def _flags(options: dict[str, Any]) -> list[str]:
     return args
 
 
+def start_mock_fal(*, port: int | None = None, timeout: float = 30.0, **options: Any) -> Proc:
+    """`hybridgate mock-fal` with options as keyword arguments (queue_s=0.1, fail_rate=1, webhooks=False...)."""
+    port = port or free_port()
+    args = ["mock-fal", "--port", str(port)]
+    for k, v in options.items():
+        flag = "--" + k.replace("_", "-")
+        if isinstance(v, bool):
+            if v:
+                args.append(flag)
+            elif k == "webhooks":  # the one switch that is on by default
+                args.append("--no-webhooks")
+        elif v is not None:
+            args += [flag, str(v)]
+    return _spawn(args, port, None, "/health", timeout)
+
+
 def write_config(config: dict[str, Any], directory: str | os.PathLike[str] | None = None) -> Path:
     d = Path(directory or tempfile.mkdtemp(prefix="hybridgate-cfg-"))
     path = d / "hybridgate.yaml"
