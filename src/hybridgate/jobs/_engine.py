@@ -479,6 +479,22 @@ class JobEngine:
             "next_after": rows[-1].id if more else None,
         }
 
+    async def wait_for(self, job_id: str, timeout: float) -> Any:
+        """The job's row once it has ended, or as it is after `timeout` seconds (polls the database, so it
+        sees jobs run by any process)."""
+        deadline = time.monotonic() + timeout
+        delay = 0.05
+        while True:
+            row = await self._row(job_id)
+            if row.status in TERMINAL or time.monotonic() >= deadline:
+                return row
+            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 1.5, 0.5)
+
+    @staticmethod
+    def artifact_list(row: Any) -> list[dict[str, Any]]:
+        return list(_l(row.artifacts, []))
+
     async def events(self, job_id: str, after: int) -> Any:
         async with self.store.engine.connect() as conn:
             return (

@@ -23,6 +23,7 @@ from hybridgate.api.control import (
     admin,
     files,
     health,
+    images,
     jobs,
     models,
     pods,
@@ -107,6 +108,9 @@ def build(gw: Gateway) -> FastAPI:
     app.include_router(files.router(lambda: gw.storage, lambda: gw.signer))
     app.include_router(
         jobs.router(lambda: gw.jobs or jobs.not_enabled(), principal), responses=_deps.UNAUTHENTICATED
+    )
+    app.include_router(
+        images.router(lambda: gw.jobs or jobs.not_enabled(), principal), responses=_deps.UNAUTHENTICATED
     )
     anchor = _HotAnchor(gw)
     for path in HOT:
