@@ -479,10 +479,10 @@ class JobEngine:
             "next_after": rows[-1].id if more else None,
         }
 
-    async def wait_for(self, job_id: str, timeout: float) -> Any:
-        """The job's row once it has ended, or as it is after `timeout` seconds (polls the database, so it
+    async def wait_for(self, job_id: str, wait_s: float) -> Any:
+        """The job's row once it has ended, or as it is after `wait_s` seconds (polls the database, so it
         sees jobs run by any process)."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + wait_s
         delay = 0.05
         while True:
             row = await self._row(job_id)
