@@ -444,7 +444,7 @@ class JobEngine:
         base = self.config.public_url or ""
         return base + self.signer.path(key)
 
-    async def list(
+    async def list_jobs(
         self, p: Principal, *, status: str | None, type_: str | None, limit: int, after: str | None
     ) -> dict[str, Any]:
         q = select(jobs)

@@ -109,7 +109,7 @@ def router(engine: Callable[[], JobEngine], principal: Callable[..., Awaitable[P
         p: Principal = Depends(principal),
     ) -> dict[str, Any]:
         s, t, lim, a = parse_list_query(request.scope.get("query_string", b""))
-        return await engine().list(p, status=s, type_=t, limit=lim, after=a)
+        return await engine().list_jobs(p, status=s, type_=t, limit=lim, after=a)
 
     @r.get(
         "/jobs/{job_id}",
