@@ -46,6 +46,7 @@ from hybridgate.backends._generation import (
     SubmitOutcomeUnknownError,
     Submitted,
 )
+from hybridgate.jobs import _lora
 from hybridgate.jobs._models import INPUTS, OPERATIONS, TERMINAL, JobCreate
 from hybridgate.ledger import price_usage
 from hybridgate.protocol import (
@@ -526,6 +527,63 @@ class JobEngine:
                     yield b": keep-alive\n\n"
                 await asyncio.sleep(0.25)
 
+    # --- LoRA versions --------------------------------------------------------------------------
+    def _lora_version(self, r: Any) -> dict[str, Any]:
+        return {
+            "name": r.name,
+            "version": r.version,
+            "owner": r.key_id,
+            "trigger_word": r.trigger_word,
+            "steps": r.steps,
+            "is_style": r.is_style,
+            "job_id": r.job_id,
+            "backend": r.backend,
+            "provider_request_id": r.provider_request_id,
+            "cost_usd": r.cost_usd,
+            "created_at": r.created_at,
+            "weights": {"uri": r.weights_uri, "sha256": r.weights_sha256, "url": self.link(r.weights_key)},
+            "config": (
+                {"uri": r.config_uri, "sha256": r.config_sha256, "url": self.link(r.config_key)}
+                if r.config_key
+                else None
+            ),
+        }
+
+    def _lora_query(self, p: Principal) -> Any:
+        q = select(lora_versions)
+        if not p.is_master:
+            q = q.where(lora_versions.c.owner == (p.key_id or "-"))
+        return q
+
+    async def list_loras(self, p: Principal) -> dict[str, Any]:
+        async with self.store.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    self._lora_query(p).order_by(lora_versions.c.name, lora_versions.c.version)
+                )
+            ).all()
+        latest: dict[tuple[str, str], Any] = {}
+        counts: dict[tuple[str, str], int] = {}
+        for r in rows:
+            latest[(r.owner, r.name)] = r
+            counts[(r.owner, r.name)] = counts.get((r.owner, r.name), 0) + 1
+        data = [
+            {"name": r.name, "owner": r.key_id, "versions": counts[k], "latest": self._lora_version(r)}
+            for k, r in latest.items()
+        ]
+        return {"object": "list", "data": data}
+
+    async def get_lora(self, p: Principal, name: str) -> dict[str, Any]:
+        async with self.store.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    self._lora_query(p).where(lora_versions.c.name == name).order_by(lora_versions.c.version)
+                )
+            ).all()
+        if not rows:
+            raise NotFoundError(f"No LoRA named '{name}' for this key; see GET /v1/loras.", param="name")
+        return {"name": name, "object": "lora", "versions": [self._lora_version(r) for r in rows]}
+
     # --- cancelling -----------------------------------------------------------------------------
     async def cancel(self, p: Principal, job_id: str) -> dict[str, Any]:
         row = await self._visible(p, job_id)
@@ -805,11 +863,20 @@ class JobEngine:
         plan, skipped = self.manager.plan(Call(endpoint=op, body={}, model=row.model))
         job_input = _l(row.input, {})
         errors = [f"{a.backend}: {a.error}" for a in skipped]
+        archive = await self._training_archive(row, job_input) if op == "lora_training" else None
         for st in plan:
             b = st.backend
             if not isinstance(b, GenerationBackend):
                 continue
             model = b.config.models[row.model]
+            if archive is not None:
+                try:  # the provider's own storage: where its trainer reads the zip from
+                    job_input["images_data_url"] = await b.upload(archive, "application/zip", "training.zip")
+                except BackendError as e:
+                    if e.marks_unhealthy:
+                        st.record_failure(e.message)
+                    errors.append(f"{b.name}: uploading the training archive: {e.message}")
+                    continue
             for lo in job_input.get("loras") or []:
                 # The provider fetches the weights from us: a signed link valid for the job's whole life.
                 lo["url"] = (self.config.public_url or "") + self.signer.path(
@@ -863,6 +930,29 @@ class JobEngine:
             )
             return
         raise _Retry("no backend accepted the job: " + ("; ".join(errors) or "none is available"))
+
+    async def _training_archive(self, row: Any, job_input: dict[str, Any]) -> bytes | None:
+        """The zip to train on, built once from image URLs or a video's frames and kept in storage (a retry
+        reuses it); None when the job gives a ready archive URL."""
+        if job_input.get("images_data_url"):
+            return None
+        key = f"jobs/{row.id}/training.zip"
+        if await self.storage.exists(key):
+            return await self.storage.get(key)
+        try:
+            if job_input.get("video_url"):
+                data = await _lora.archive_from_video(
+                    self.http_client, job_input["video_url"], job_input.get("frames", 12)
+                )
+            else:
+                data = await _lora.archive_from_urls(self.http_client, job_input["image_urls"])
+        except _lora.PrepareError as e:
+            raise _Fail("invalid_input", f"Cannot prepare the training images: {e}", cost=0.0) from None
+        info = await self.storage.put(key, data, "application/zip")
+        await self._update(
+            row.id, event=("prepared", {"archive_key": key, "size": info.size, "sha256": info.sha256})
+        )
+        return data
 
     def _provider_hook_url(self, backend: str) -> str | None:
         if not self.config.public_url:

@@ -25,6 +25,7 @@ from hybridgate.api.control import (
     health,
     images,
     jobs,
+    loras,
     models,
     pods,
     root,
@@ -111,6 +112,9 @@ def build(gw: Gateway) -> FastAPI:
     )
     app.include_router(
         images.router(lambda: gw.jobs or jobs.not_enabled(), principal), responses=_deps.UNAUTHENTICATED
+    )
+    app.include_router(
+        loras.router(lambda: gw.jobs or jobs.not_enabled(), principal), responses=_deps.UNAUTHENTICATED
     )
     anchor = _HotAnchor(gw)
     for path in HOT:

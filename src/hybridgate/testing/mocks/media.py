@@ -70,13 +70,11 @@ def mp4(
         stream.pix_fmt = "yuv420p"
         w, h = size
         for i in range(max(1, int(seconds * fps))):
-            rgb = colours[i % len(colours)] * (w * h)
-            import numpy as np
-
-            frame = av.VideoFrame.from_ndarray(
-                np.frombuffer(rgb, dtype=np.uint8).reshape(h, w, 3), format="rgb24"
-            )
-            for packet in stream.encode(frame):
+            frame = av.VideoFrame(w, h, "rgb24")
+            plane = frame.planes[0]
+            row = colours[i % len(colours)] * w
+            plane.update(row.ljust(plane.line_size, b"\0") * h)
+            for packet in stream.encode(frame.reformat(format="yuv420p")):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
