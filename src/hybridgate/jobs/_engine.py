@@ -1319,12 +1319,20 @@ class JobEngine:
         return "v1," + base64.b64encode(mac).decode()
 
     async def _deliver(self, d: Any) -> None:
-        row = await self._row(d.job_id)
-        body = (
-            orjson.dumps({"type": f"job.{row.status}", "data": self.render(row)})
-            if row is not None
-            else b"{}"
-        )
+        body = d.body.encode()
+        if not body:  # rendered once, at the first try: every retry sends the same bytes under the same id
+            row = await self._row(d.job_id)
+            body = (
+                orjson.dumps({"type": f"job.{row.status}", "data": self.render(row)})
+                if row is not None
+                else b"{}"
+            )
+            async with self.store.engine.begin() as conn:
+                await conn.execute(
+                    update(webhook_deliveries)
+                    .where(webhook_deliveries.c.id == d.id)
+                    .values(body=body.decode())
+                )
         ts = int(time.time())
         headers = {
             "content-type": "application/json",
