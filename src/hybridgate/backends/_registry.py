@@ -21,6 +21,7 @@ KINDS: dict[str, str] = {
     "gemini": "hybridgate.backends.gemini:GeminiBackend",
     "pod": "hybridgate.backends.pod:PodBackend",
     "fal": "hybridgate.backends.fal:FalBackend",
+    "comfyui": "hybridgate.backends.comfyui:ComfyUIBackend",
 }
 
 

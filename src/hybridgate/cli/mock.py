@@ -288,3 +288,30 @@ def mock_fal(
         err=True,
     )
     uvicorn.run(make_app(options, url), host=host, port=port, **uvicorn_kwargs())
+
+
+def mock_comfyui(
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8188,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    latency_ms: Annotated[float, typer.Option(help="Delay before every answer (ms).")] = 0.0,
+    run_s: Annotated[float, typer.Option(help="Seconds the fake GPU spends on each workflow.")] = 0.3,
+    fail_rate: Annotated[float, typer.Option(help="Fraction of workflows that fail (0..1).")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed of the failure dice.")] = 0,
+) -> None:
+    """Run a mock ComfyUI server (/prompt, /queue, /history, /view, /system_stats) that makes real PNGs."""
+    import uvicorn
+    from pydantic import ValidationError
+
+    from hybridgate.testing.mocks.comfyui import ComfyMockOptions, make_app
+
+    try:
+        options = ComfyMockOptions(latency_ms=latency_ms, run_s=run_s, fail_rate=fail_rate, seed=seed)
+    except ValidationError as e:
+        raise fail(
+            "; ".join(
+                f"--{'.'.join(str(p) for p in err['loc']).replace('_', '-')}: {err['msg']}"
+                for err in e.errors()
+            )
+        ) from None
+    typer.secho(f"hybridgate mock-comfyui: http://{host}:{port} (ComfyUI's API, real PNGs)", err=True)
+    uvicorn.run(make_app(options), host=host, port=port, **uvicorn_kwargs())

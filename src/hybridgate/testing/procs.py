@@ -160,6 +160,16 @@ def start_mock_fal(*, port: int | None = None, timeout: float = 30.0, **options:
     return _spawn(args, port, None, "/health", timeout)
 
 
+def start_mock_comfyui(*, port: int | None = None, timeout: float = 30.0, **options: Any) -> Proc:
+    """`hybridgate mock-comfyui` with options as keyword arguments (run_s=0.2, fail_rate=1...)."""
+    port = port or free_port()
+    args = ["mock-comfyui", "--port", str(port)]
+    for k, v in options.items():
+        if v is not None:
+            args += ["--" + k.replace("_", "-"), str(v)]
+    return _spawn(args, port, None, "/system_stats", timeout)
+
+
 def write_config(config: dict[str, Any], directory: str | os.PathLike[str] | None = None) -> Path:
     d = Path(directory or tempfile.mkdtemp(prefix="hybridgate-cfg-"))
     path = d / "hybridgate.yaml"

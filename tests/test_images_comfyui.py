@@ -1,0 +1,153 @@
+"""The `comfyui` kind against `hybridgate mock-comfyui`, with fal as the fallback: the official `openai` client's
+images.generate is served by ComfyUI (our GPU) first, and by fal when ComfyUI is down; failures, cancel, and the
+GPU-seconds cost."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from hybridgate.backends.comfyui import default_workflow, fill
+from hybridgate.testing.mocks import media
+from hybridgate.testing.procs import Proc, free_port, start_gateway, start_mock_comfyui, start_mock_fal
+from test_jobs import GW, IMAGE, MASTER, auth, fal_backend, gw_config
+
+
+@pytest.fixture(scope="module")
+def fal() -> Iterator[Proc]:
+    p = start_mock_fal(queue_s=0.1, run_s=0.1, key="mock-key")
+    yield p
+    p.stop()
+
+
+@pytest.fixture(scope="module")
+def comfy() -> Iterator[Proc]:
+    p = start_mock_comfyui(run_s=0.2)
+    yield p
+    p.stop()
+
+
+def comfy_backend(url: str) -> dict[str, Any]:
+    return {
+        "name": "gpu",
+        "kind": "comfyui",
+        "base_url": url,
+        "priority": 1,
+        "models": {"flux-schnell": "sd15"},
+        "price": {"per_gpu_hour": 3.6},
+        "health": {"interval_s": 0.5, "failures_to_trip": 1, "cooldown_s": 60},
+    }
+
+
+def start(tmp: Path, backends: list[dict[str, Any]]) -> GW:
+    port = free_port()
+    cfg = gw_config(tmp, backends, port)
+    return GW(start_gateway(cfg, port=port, env={"HYBRIDGATE_MASTER_KEY": MASTER}, workdir=tmp))
+
+
+def test_comfyui_first_fal_when_comfyui_is_down(comfy: Proc, fal: Proc, tmp_path: Path) -> None:
+    (tmp_path / "up").mkdir()
+    gw = start(tmp_path / "up", [comfy_backend(comfy.url), fal_backend(fal, priority=5)])
+    try:
+        client = openai.OpenAI(base_url=gw.proc.base_url, api_key=MASTER, max_retries=0)
+        out = client.images.generate(
+            model="flux-schnell", prompt="a castle", n=2, size="128x96", extra_body={"seed": 9}
+        )
+        assert out.data is not None and len(out.data) == 2
+        assert httpx.get(out.data[1].url or "").content == media.png("a castle", 10, 128, 96)
+        jobs = gw.http.get("/v1/jobs", headers=auth(MASTER)).json()["data"]
+        assert jobs[0]["backend"] == "gpu" and jobs[0]["cost_usd"] > 0  # GPU-seconds at $3.6/h
+        assert httpx.get(comfy.url + "/_mock/stats").json()["jobs"][-1]["client_id"] == jobs[0]["id"]
+    finally:
+        gw.proc.stop()
+    (tmp_path / "down").mkdir()
+    dead = f"http://127.0.0.1:{free_port()}"
+    gw = start(tmp_path / "down", [comfy_backend(dead), fal_backend(fal, priority=5)])
+    try:
+        client = openai.OpenAI(base_url=gw.proc.base_url, api_key=MASTER, max_retries=0)
+        out = client.images.generate(
+            model="flux-schnell", prompt="a castle", size="128x96", extra_body={"seed": 9}
+        )
+        assert out.data is not None and httpx.get(out.data[0].url or "").content == media.png(
+            "a castle", 9, 128, 96
+        )
+        jobs = gw.http.get("/v1/jobs", headers=auth(MASTER)).json()["data"]
+        assert jobs[0]["backend"] == "fal"
+    finally:
+        gw.proc.stop()
+
+
+def test_comfyui_failure_and_cancel(comfy: Proc, tmp_path: Path) -> None:
+    gw = start(tmp_path, [comfy_backend(comfy.url)])
+    try:
+        httpx.post(comfy.url + "/_mock/config", json={"fail_rate": 1})
+        job = gw.job(MASTER, IMAGE).json()
+        failed = gw.wait(MASTER, job["id"])
+        assert failed["status"] == "failed" and "CUDA out of memory" in failed["error"]["message"]
+        httpx.post(comfy.url + "/_mock/config", json={"fail_rate": 0, "run_s": 30})
+        slow = gw.job(MASTER, {**IMAGE, "input": {"prompt": "slow"}}).json()
+        gw.wait(MASTER, slow["id"], status=("running",))
+        gw.http.post(f"/v1/jobs/{slow['id']}/cancel", headers=auth(MASTER))
+        assert gw.wait(MASTER, slow["id"])["status"] == "cancelled"
+        mine = [
+            j for j in httpx.get(comfy.url + "/_mock/stats").json()["jobs"] if j["client_id"] == slow["id"]
+        ]
+        assert mine[0]["interrupted"] is True
+    finally:
+        httpx.post(comfy.url + "/_mock/config", json={"fail_rate": 0, "run_s": 0.2})
+        gw.proc.stop()
+
+
+def test_workflow_template_filled_and_validated(comfy: Proc) -> None:
+    graph = fill(
+        default_workflow(True),
+        {
+            "prompt": "p",
+            "seed": 1,
+            "width": 64,
+            "height": 64,
+            "steps": 4,
+            "n": 1,
+            "checkpoint": "c.safetensors",
+            "lora_name": "x-v1.safetensors",
+            "lora_scale": 0.5,
+        },
+    )
+    assert graph["3"]["inputs"]["seed"] == 1 and graph["10"]["inputs"]["strength_model"] == 0.5
+    r = httpx.post(comfy.url + "/prompt", json={"prompt": graph})
+    assert r.status_code == 200 and r.json()["prompt_id"]
+    bad = httpx.post(
+        comfy.url + "/prompt", json={"prompt": {**graph, "3": {"class_type": "Nope", "inputs": {}}}}
+    )
+    assert bad.status_code == 400 and "3" in bad.json()["node_errors"]
+    unfilled = httpx.post(comfy.url + "/prompt", json={"prompt": default_workflow(False)})
+    assert unfilled.status_code == 400
+
+
+def test_bad_comfyui_config_is_refused(tmp_path: Path) -> None:
+    from hybridgate.backends import build_backend
+    from hybridgate.config import BackendConfig
+
+    with pytest.raises(ValueError, match="base_url"):
+        build_backend(BackendConfig(name="g", kind="comfyui", models={"m": "w"}))
+    with pytest.raises(ValueError, match="workflow"):
+        build_backend(
+            BackendConfig(
+                name="g",
+                kind="comfyui",
+                base_url="http://x",
+                models={"m": "missing"},
+                options={"workflows": {"other": {}}},
+            )
+        )
+    with pytest.raises(ValueError, match=r"options\.colour"):
+        build_backend(
+            BackendConfig(
+                name="g", kind="comfyui", base_url="http://x", models={"m": "w"}, options={"colour": 1}
+            )
+        )
