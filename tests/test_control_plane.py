@@ -45,6 +45,15 @@ OPERATIONS: dict[str, set[str]] = {
     "/admin/keys/{key_id}/revoke": {"POST"},
     "/v1/chat/completions": {"POST"},
     "/v1/completions": {"POST"},
+    "/v1/files/{key}": {"GET"},
+    "/v1/images/generations": {"POST"},
+    "/v1/jobs": {"GET", "POST"},
+    "/v1/jobs/{job_id}": {"GET"},
+    "/v1/jobs/{job_id}/cancel": {"POST"},
+    "/v1/jobs/{job_id}/events": {"GET"},
+    "/v1/jobs/webhooks/{backend}": {"POST"},
+    "/v1/loras": {"GET"},
+    "/v1/loras/{name}": {"GET"},
 }
 LIFECYCLES = {"stopped", "provisioning", "warming", "ready", "draining", "failed"}
 
@@ -262,11 +271,12 @@ def test_health_backends_shows_each_backends_lifecycle_and_load(default_gw: Proc
     body = r.json()
     assert body["status"] == "ok"  # the mock is always routable
     snaps = {b["name"]: b for b in body["backends"]}
-    assert set(snaps) == {"mock", "local"}
+    assert set(snaps) == {"mock", "local", "mock-images"}
     for b in snaps.values():
         assert b["lifecycle"] in LIFECYCLES and isinstance(b["state"], str)
         assert b["health_checks"] in ("active", "passive") and b["in_flight"] == 0
-        assert set(b["operations"]) >= {"chat", "completions"}
+        generation = {"image_generation", "video_generation", "lora_training"}
+        assert set(b["operations"]) >= ({"chat", "completions"} if b["kind"] != "mockgen" else generation)
         assert isinstance(b["model_errors"], dict) and "concurrency" in b
         if b["routable"]:
             assert b["lifecycle"] == "ready", b

@@ -117,3 +117,67 @@ def test_past_the_bound_answers_202_with_the_job(fal: Proc, tmp_path: Path) -> N
     finally:
         httpx.post(fal.url + "/_mock/config", json={"queue_s": 0.1})
         p.stop()
+
+
+def test_the_embedded_default_makes_images_videos_and_loras_for_free(tmp_path: Path) -> None:
+    """`make run`'s config (less the local llama model, which is not needed here) serves images.generate,
+    a video job and a LoRA training from its in-process generation mock."""
+    import io
+    import time
+    from importlib import resources
+
+    import av
+    import yaml
+
+    cfg = yaml.safe_load(resources.files("hybridgate.config").joinpath("default.yaml").read_text())
+    cfg["backends"] = [b for b in cfg["backends"] if b["kind"] != "llamacpp"]
+    assert any(b["kind"] == "mockgen" for b in cfg["backends"])
+    p = start_gateway(cfg, workdir=tmp_path)
+    try:
+        client = openai.OpenAI(base_url=p.base_url, api_key="unused", max_retries=0)
+        out = client.images.generate(
+            model="flux-schnell", prompt="free", size="64x64", extra_body={"seed": 4}
+        )
+        assert out.data is not None and httpx.get(out.data[0].url or "").content == media.png(
+            "free", 4, 64, 64
+        )
+        http = httpx.Client(base_url=p.url, timeout=30)
+        video = http.post(
+            "/v1/jobs",
+            json={
+                "type": "video_generation",
+                "model": "ltx-video",
+                "input": {"prompt": "waves", "duration_s": 1},
+            },
+        ).json()
+        # Training images from URLs: here the image just made, served by the gateway's own signed link.
+        train = http.post(
+            "/v1/jobs",
+            json={
+                "type": "lora_training",
+                "model": "flux-lora-trainer",
+                "input": {
+                    "name": "free",
+                    "image_urls": [out.data[0].url] * 4,
+                    "trigger_word": "FREE",
+                    "steps": 10,
+                },
+            },
+        ).json()
+        for job in (video, train):
+            for _ in range(200):
+                done = http.get(f"/v1/jobs/{job['id']}").json()
+                if done["status"] in ("succeeded", "failed"):
+                    break
+                time.sleep(0.1)
+            assert done["status"] == "succeeded", done
+        v = http.get(f"/v1/jobs/{video['id']}").json()["artifacts"][0]
+        assert v["content_type"] == "video/mp4"
+        with av.open(
+            io.BytesIO(httpx.get(p.url + v["url"] if v["url"].startswith("/") else v["url"]).content)
+        ) as c:
+            assert c.streams.video and sum(1 for _ in c.decode(video=0)) >= 4
+        loras = http.get("/v1/loras/free").json()["versions"]
+        assert loras[0]["version"] == 1 and loras[0]["trigger_word"] == "FREE"
+    finally:
+        p.stop()

@@ -22,6 +22,7 @@ KINDS: dict[str, str] = {
     "pod": "hybridgate.backends.pod:PodBackend",
     "fal": "hybridgate.backends.fal:FalBackend",
     "comfyui": "hybridgate.backends.comfyui:ComfyUIBackend",
+    "mockgen": "hybridgate.backends.mockgen:MockGenBackend",
 }
 
 
