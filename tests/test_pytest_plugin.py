@@ -495,6 +495,41 @@ def test_a_post_the_meter_cannot_price_is_refused() -> None:
     import httpx
 
     _, meter = _meter(1.0, {"m": ModelPrice(per_request=0.1)})
-    req = httpx.Request("POST", "http://x/v1/images/generations", json={"model": "m"})
-    with pytest.raises(UnknownPrice, match="cannot bound the cost of POST /v1/images/generations"):
+    req = httpx.Request("POST", "http://x/v1/audio/speech", json={"model": "m"})
+    with pytest.raises(UnknownPrice, match="cannot bound the cost of POST /v1/audio/speech"):
         meter.open(req, req.read())
+
+
+# --- generation (issue 14) -------------------------------------------------------------------------------
+def test_image_generations_count_against_the_cap_and_the_generation_mocks_are_fixtures(
+    pytester: pytest.Pytester, paid_env: str
+) -> None:
+    """Through a metered client, images.generate reserves per_image x n (+ per_request) and is skipped when it
+    would cross the cap; mock_fal and mock_comfyui are real servers reset after each test."""
+    pytester.makeini("[pytest]\nhybridgate_prices =\n    paid-images = per_image=0.01\n")
+    pytester.makepyfile(
+        """
+        import os
+        import httpx
+        import pytest
+
+        def test_a_paid_image_call_past_the_cap_is_skipped(openai_client_factory, hybridgate_ledger):
+            client = openai_client_factory(os.environ["PAID_URL"])
+            with pytest.raises(pytest.skip.Exception, match="could cost up to"):
+                client.images.generate(model="paid-images", prompt="x", n=4)  # $0.04 > the $0.03 cap
+            assert hybridgate_ledger.spent_usd == 0 and hybridgate_ledger.reserved_usd == 0
+
+        def test_mock_fal(mock_fal):
+            assert mock_fal.set(fail_rate=1)["fail_rate"] == 1
+            assert httpx.get(mock_fal.url + "/.well-known/jwks.json").json()["keys"][0]["crv"] == "Ed25519"
+
+        def test_mock_fal_was_reset(mock_fal):
+            assert httpx.get(mock_fal.url + "/_mock/config").json()["fail_rate"] == 0
+
+        def test_mock_comfyui(mock_comfyui):
+            assert httpx.get(mock_comfyui.url + "/system_stats").status_code == 200
+            assert mock_comfyui.stats()["submissions"] == 0
+        """
+    )
+    r = run(pytester, "--max-cost-usd", "0.03")
+    r.assert_outcomes(passed=4)

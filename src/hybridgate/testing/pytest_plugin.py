@@ -10,7 +10,9 @@ Loaded automatically once hybridgate is installed (entry point `pytest11`); `-p 
   A call that would cross the cap, or to a model without a price, skips its test; the summary shows the spend.
 - Fixtures: `mock_backend`, `mock_backend_factory`, `gateway`, `gateway_factory`, `gateway_config`,
   `openai_client`, `async_openai_client`, `openai_client_factory`, `hybridgate_target`, `hybridgate_prices`,
-  `hybridgate_ledger`, `require_env`.
+  `hybridgate_ledger`, `require_env`, and for generation: `mock_fal` and `mock_comfyui` (real mock servers,
+  settings reset after each test). Image generations and job submissions through a metered client are
+  capped too: `MODEL = per_image=0.003 [per_step=0.002] [per_request=0]` in hybridgate_prices.
 """
 
 from __future__ import annotations
@@ -301,6 +303,72 @@ def mock_backend(_hybridgate_mock_server: Proc, pytestconfig: pytest.Config) -> 
     yield mb
     if _hybridgate_mock_server.popen.poll() is None:
         mb.reset()
+
+
+@dataclass
+class GenerationMock:
+    """A running `hybridgate mock-fal` or `mock-comfyui`: `url`, `set(**faults)`, `stats()`, `reset()`."""
+
+    proc: Proc
+    defaults: dict[str, Any]
+
+    @property
+    def url(self) -> str:
+        return self.proc.url
+
+    def set(self, **changes: Any) -> dict[str, Any]:
+        import httpx
+
+        r = httpx.post(self.url + "/_mock/config", json=changes, timeout=10)
+        r.raise_for_status()
+        return dict(r.json())
+
+    def reset(self) -> dict[str, Any]:
+        return self.set(**self.defaults)
+
+    def stats(self) -> dict[str, Any]:
+        import httpx
+
+        return dict(httpx.get(self.url + "/_mock/stats", timeout=10).json())
+
+
+@pytest.fixture(scope="session")
+def _hybridgate_mock_fal() -> Iterator[GenerationMock]:
+    import httpx
+
+    from hybridgate.testing.procs import start_mock_fal
+
+    proc = start_mock_fal()
+    yield GenerationMock(proc, dict(httpx.get(proc.url + "/_mock/config", timeout=10).json()))
+    proc.stop()
+
+
+@pytest.fixture
+def mock_fal(_hybridgate_mock_fal: GenerationMock) -> Iterator[GenerationMock]:
+    """`hybridgate mock-fal` for the session; point a `fal` backend's base_url (and options rest_url, cdn_url,
+    jwks_url) or the fal-client SDK's hosts at `mock_fal.url`. Faults reset after each test."""
+    yield _hybridgate_mock_fal
+    if _hybridgate_mock_fal.proc.popen.poll() is None:
+        _hybridgate_mock_fal.reset()
+
+
+@pytest.fixture(scope="session")
+def _hybridgate_mock_comfyui() -> Iterator[GenerationMock]:
+    import httpx
+
+    from hybridgate.testing.procs import start_mock_comfyui
+
+    proc = start_mock_comfyui()
+    yield GenerationMock(proc, dict(httpx.get(proc.url + "/_mock/config", timeout=10).json()))
+    proc.stop()
+
+
+@pytest.fixture
+def mock_comfyui(_hybridgate_mock_comfyui: GenerationMock) -> Iterator[GenerationMock]:
+    """`hybridgate mock-comfyui` for the session (a `comfyui` backend's base_url). Faults reset after each test."""
+    yield _hybridgate_mock_comfyui
+    if _hybridgate_mock_comfyui.proc.popen.poll() is None:
+        _hybridgate_mock_comfyui.reset()
 
 
 @pytest.fixture

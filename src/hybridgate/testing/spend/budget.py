@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from hybridgate.config import PriceConfig
 
 # Paths the meter knows how to price; a POST elsewhere on a paid target is refused rather than guessed.
-METERED = ("/chat/completions", "/completions", "/responses", "/embeddings")
+METERED = ("/chat/completions", "/completions", "/responses", "/embeddings", "/images/generations", "/jobs")
 DEFAULT_MAX_OUTPUT_TOKENS = 4096
 
 
@@ -50,12 +50,15 @@ class PaidCallForbidden(BudgetError):
 
 @dataclass(frozen=True)
 class ModelPrice:
-    """USD per million input/output tokens plus per request; `free` exempts the model from the cap."""
+    """USD per million input/output tokens plus per request, per image and per training step (generation
+    models); `free` exempts the model from the cap."""
 
     input_per_mtok: float = 0.0
     output_per_mtok: float = 0.0
     per_request: float = 0.0
     free: bool = False
+    per_image: float = 0.0
+    per_step: float = 0.0
     # The worst case for a request that sets no max_tokens.
     max_output_tokens: int = DEFAULT_MAX_OUTPUT_TOKENS
 
@@ -89,7 +92,13 @@ class ModelPrice:
             if values[key] < 0:
                 raise PriceSpecError(f"{w!r} in price {spec!r}: prices cannot be negative")
         price = cls(**values)
-        if not (price.input_per_mtok or price.output_per_mtok or price.per_request):
+        if not (
+            price.input_per_mtok
+            or price.output_per_mtok
+            or price.per_request
+            or price.per_image
+            or price.per_step
+        ):
             raise PriceSpecError(f"price {spec!r} is zero; write 'free' if the model really costs nothing")
         return price
 
@@ -98,13 +107,18 @@ class ModelPrice:
         """A gateway backend's price, or None when it bounds no single call (zero, or per hour)."""
         if p.free:
             return cls(free=True)
-        if p.per_hour or not (p.input_per_mtok or p.output_per_mtok or p.per_request):
+        if (
+            p.per_hour
+            or p.per_gpu_hour
+            or not (p.input_per_mtok or p.output_per_mtok or p.per_request or p.per_image)
+        ):
             return None
         # A long-context tier may apply to any call: the dearer rates bound it.
         return cls(
             max(p.input_per_mtok, p.long_input_per_mtok),
             max(p.output_per_mtok, p.long_output_per_mtok),
             p.per_request,
+            per_image=p.per_image,
         )
 
 
@@ -252,7 +266,18 @@ class Meter:
         raise err
 
     def worst_case(self, path: str, body: dict[str, Any], size: int, price: ModelPrice) -> float:
-        """Input: the body's size in bytes (a token is at least a byte); output: the request's limit."""
+        """Input: the body's size in bytes (a token is at least a byte); output: the request's limit. Images
+        and jobs: images times the price per image, training steps times the price per step."""
+        if path.endswith(("/images/generations", "/jobs")):
+            given = body.get("input") if path.endswith("/jobs") else body
+            job: dict[str, Any] = given if isinstance(given, dict) else {}
+            images = (
+                max(int(job.get("n") or 1), 1)
+                if body.get("type", "image_generation") == "image_generation"
+                else 0
+            )
+            steps = int(job.get("steps") or 1000) if body.get("type") == "lora_training" else 0
+            return images * price.per_image + steps * price.per_step + price.per_request
         if path.endswith("/embeddings"):
             out = 0
         elif path.endswith("/responses"):
@@ -271,6 +296,8 @@ class Meter:
         if request.method != "POST":
             return None
         path = request.url.path.rstrip("/")
+        if path.endswith("/cancel"):  # cancelling a job costs nothing
+            return None
         metered = path.endswith(METERED)
         if self.free:
             if metered:
