@@ -449,3 +449,47 @@ def test_two_processes_on_postgres_one_killed(start: Any, fal: Proc, tmp_path: P
         if r["input"].get("prompt", "").startswith("pg ")
     ]
     assert sorted(prompts) == [f"pg {i}" for i in range(4)]  # each submitted exactly once
+
+
+def test_a_result_that_expired_while_the_gateway_was_down_fails_honestly(start: Any, fal: Proc) -> None:
+    """Down longer than the provider keeps results: the job fails as result_expired (charged its reserved
+    bound, since the provider billed it), it is not re-submitted."""
+    set_fal(fal, queue_s=1.5, run_s=0.1, result_ttl_s=0.5, webhooks=False)
+    port = free_port()
+    gw = start([fal_backend(fal)], port=port)
+    k = gw.key("late")
+    job = gw.job(k, {**IMAGE, "input": {**IMAGE["input"], "prompt": "expire while down"}}).json()
+    gw.wait(k, job["id"], status=("running",))
+    gw.proc.kill()
+    time.sleep(3)  # the provider finishes at ~1.6 s and forgets the result 0.5 s later
+    gw2 = start([fal_backend(fal)], port=port)
+    done = gw2.wait(k, job["id"], timeout=30)
+    assert done["status"] == "failed" and done["error"]["code"] == "result_expired", done
+    assert done["cost_usd"] == pytest.approx(done["cost_reserved_usd"])
+    mine = [r for r in fal_stats(fal)["requests"] if r["input"].get("prompt") == "expire while down"]
+    assert len(mine) == 1
+    set_fal(fal, result_ttl_s=3600)
+
+
+def test_a_video_job_through_fal(start: Any, fal: Proc) -> None:
+    import io
+
+    import av
+
+    gw = start([fal_backend(fal)])
+    done = gw.wait(
+        MASTER,
+        gw.job(
+            MASTER,
+            {
+                "type": "video_generation",
+                "model": "video",
+                "input": {"prompt": "waves", "duration_s": 1, "seed": 3},
+            },
+        ).json()["id"],
+    )
+    assert done["status"] == "succeeded", done
+    art = done["artifacts"][0]
+    assert art["role"] == "video" and art["content_type"] == "video/mp4"
+    with av.open(io.BytesIO(httpx.get(art["url"]).content)) as c:
+        assert sum(1 for _ in c.decode(video=0)) >= 4

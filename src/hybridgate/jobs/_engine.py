@@ -980,6 +980,10 @@ class JobEngine:
             try:
                 st = await b.status(row.backend_model, ref, logs=True)
                 failures = 0
+            except ResultGoneError as e:
+                # The provider forgot the request (its result expired while nobody was watching): billed there,
+                # and nothing to copy. Never re-submitted.
+                raise _Fail("result_expired", f"{b.name}: {e.message}", cost=row.cost_reserved) from None
             except BackendError as e:
                 failures += 1
                 if failures >= 5:

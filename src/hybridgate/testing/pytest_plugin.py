@@ -277,6 +277,8 @@ def _gateway_prices(config: Any, env: Mapping[str, str]) -> dict[str, ModelPrice
                 max(p.input_per_mtok for p in paid),
                 max(p.output_per_mtok for p in paid),
                 max(p.per_request for p in paid),
+                per_image=max(p.per_image for p in paid),
+                per_step=max(p.per_step for p in paid),
             )
     return out
 
