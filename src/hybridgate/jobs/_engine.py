@@ -220,14 +220,17 @@ class JobEngine:
             )
         return found
 
-    def worst_case(self, backends: list[BackendConfig], job_type: str, job_input: dict[str, Any]) -> float:
+    def worst_case(
+        self, backends: list[BackendConfig], job_type: str, job_input: dict[str, Any], model: str
+    ) -> float:
         """The most the job can cost on any of its candidate backends (reserved before it is accepted)."""
         n = int(job_input.get("n", 1)) if job_type == "image_generation" else 0
         bound = self.config.time_bound_s
         worst = 0.0
         for b in backends:
-            u = Usage(images=n, gpu_seconds=bound if b.price.per_gpu_hour else 0.0, requests=1)
-            worst = max(worst, price_usage(b.price, u, bound if b.price.per_hour else 0.0))
+            price = b.price_for(b.models[model])
+            u = Usage(images=n, gpu_seconds=bound if price.per_gpu_hour else 0.0, requests=1)
+            worst = max(worst, price_usage(price, u, bound if price.per_hour else 0.0))
         return worst
 
     async def create(self, p: Principal, body: JobCreate, idempotency_key: str | None) -> dict[str, Any]:
@@ -262,9 +265,9 @@ class JobEngine:
             existing = await self._by_idempotency(idem)
             if existing is not None:
                 return self._same_or_conflict(existing, body, job_input)
-        cost = self.worst_case(backends, body.type, job_input)
+        cost = self.worst_case(backends, body.type, job_input, body.model)
         job_id = new_job_id()
-        rid = self._reserve(p, backends, cost, job_id)
+        rid = self._reserve(p, backends, cost, job_id, body.model)
         now = time.time()
         row = {
             "id": job_id,
@@ -303,10 +306,13 @@ class JobEngine:
         self._wake.set()
         return await self.get(p, job_id)
 
-    def _reserve(self, p: Principal, backends: list[BackendConfig], cost: float, job_id: str) -> int | None:
+    def _reserve(
+        self, p: Principal, backends: list[BackendConfig], cost: float, job_id: str, model: str
+    ) -> int | None:
         if p.key_id is None or p.budget_usd is None:
             return None
-        unpriced = [b.name for b in backends if b.price.is_zero and not b.price.free]
+        prices = [(b.name, b.price_for(b.models[model])) for b in backends]
+        unpriced = [name for name, price in prices if price.is_zero and not price.free]
         if unpriced:
             raise PermissionDeniedError(
                 f"Backend(s) {', '.join(unpriced)} have no price in the configuration, so what this job "
@@ -1024,7 +1030,7 @@ class JobEngine:
                             "provider_failed",
                             f"{b.name}: {st.error or 'failed'}"
                             + (f" ({st.error_type})" if st.error_type else ""),
-                            cost=self._price(b, usage, time.time() - started),
+                            cost=self._price(b, usage, time.time() - started, row.backend_model),
                         )
                     try:
                         result = await b.result(row.backend_model, ref)
@@ -1143,6 +1149,7 @@ class JobEngine:
                 time.time() - (row.started_at or time.time()),
             ),
             time.time() - (row.started_at or time.time()),
+            row.backend_model,
         )
         values = {
             "key_id": row.key_id,
@@ -1179,8 +1186,8 @@ class JobEngine:
             step="done",
         )
 
-    def _price(self, b: GenerationBackend, usage: Usage, seconds: float) -> float:
-        return price_usage(b.config.price, usage, seconds)
+    def _price(self, b: GenerationBackend, usage: Usage, seconds: float, backend_model: str) -> float:
+        return price_usage(b.config.price_for(backend_model), usage, seconds)
 
     async def _finish(
         self, row: Any, status: str, *, error: dict[str, str] | None = None, cost: float | None = None
@@ -1196,10 +1203,10 @@ class JobEngine:
             b = self._backend(fresh.backend)
             if status == "succeeded":
                 usage = b.usage(OPERATIONS[fresh.type], _l(fresh.input, {}), _l(fresh.result), None, seconds)
-                cost = self._price(b, usage, seconds)
+                cost = self._price(b, usage, seconds, fresh.backend_model)
             elif cost is None:
                 usage = Usage(requests=1)
-                cost = self._price(b, usage, seconds)
+                cost = self._price(b, usage, seconds, fresh.backend_model)
         cost = float(cost or 0.0)
         body_error = error
         async with self.store.engine.begin() as conn:
