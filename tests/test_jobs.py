@@ -493,3 +493,25 @@ def test_a_video_job_through_fal(start: Any, fal: Proc) -> None:
     assert art["role"] == "video" and art["content_type"] == "video/mp4"
     with av.open(io.BytesIO(httpx.get(art["url"]).content)) as c:
         assert sum(1 for _ in c.decode(video=0)) >= 4
+
+
+def test_per_key_concurrency_limit_holds(start: Any, fal: Proc) -> None:
+    set_fal(fal, queue_s=0.6, run_s=0.1)
+    gw = start([fal_backend(fal)], max_per_key=1)
+    k, other = gw.key("one-at-a-time"), gw.key("someone-else")
+    ids = [gw.job(k, {**IMAGE, "input": {"prompt": f"serial {i}"}}).json()["id"] for i in range(3)]
+    theirs = gw.job(other, {**IMAGE, "input": {"prompt": "not held up"}}).json()["id"]
+    most = 0
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline:
+        jobs = gw.http.get("/v1/jobs?limit=100", headers=auth(k)).json()["data"]
+        most = max(most, sum(1 for j in jobs if j["status"] == "running"))
+        if all(j["status"] == "succeeded" for j in jobs) and len(jobs) == 3:
+            break
+        time.sleep(0.05)
+    assert most == 1  # never two of this key's jobs at once
+    assert all(gw.get(k, i)["status"] == "succeeded" for i in ids)
+    assert gw.get(other, theirs)["status"] == "succeeded"
+    started = sorted(gw.get(k, i)["started_at"] for i in ids)
+    finished = sorted(gw.get(k, i)["finished_at"] for i in ids)
+    assert started[1] >= finished[0] and started[2] >= finished[1]  # one after the other

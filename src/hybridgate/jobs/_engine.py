@@ -1118,6 +1118,8 @@ class JobEngine:
         name = _l(row.input, {})["name"]
         owner = row.key_id or "-"
         if version is None:
+            # The next number after every recorded version and every one another unfinished training of
+            # this name has already claimed (its files may be on their way to that folder).
             async with self.store.engine.connect() as conn:
                 top = (
                     await conn.execute(
@@ -1126,7 +1128,24 @@ class JobEngine:
                         )
                     )
                 ).scalar()
-            version = int(top or 0) + 1
+                others = (
+                    await conn.execute(
+                        select(jobs.c.input, jobs.c.provider).where(
+                            jobs.c.type == "lora_training",
+                            jobs.c.key_id == row.key_id
+                            if row.key_id is not None
+                            else jobs.c.key_id.is_(None),
+                            jobs.c.status.in_(("queued", "running")),
+                            jobs.c.id != row.id,
+                        )
+                    )
+                ).all()
+            claimed = [
+                int(_l(o.provider, {}).get("lora_version") or 0)
+                for o in others
+                if _l(o.input, {}).get("name") == name
+            ]
+            version = max([int(top or 0), *claimed]) + 1
             await self._update(row.id, provider=_j({**provider, "lora_version": version}))
         return f"loras/{'master' if owner == '-' else owner}/{name}/v{version}"
 
@@ -1179,7 +1198,12 @@ class JobEngine:
                 if exists is None:
                     await conn.execute(insert(lora_versions).values(**values))
         except IntegrityError:
-            raise _Retry("another training took this version number; trying again") from None
+            raise _Fail(
+                "lora_version_taken",
+                f"Another training of '{values['name']}' recorded version {values['version']} at the same "
+                "moment; this one's files are kept in the job's artifacts.",
+                cost=None,
+            ) from None
         await self._update(
             row.id,
             event=("lora_version", {"name": values["name"], "version": values["version"]}),

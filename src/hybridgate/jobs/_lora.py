@@ -8,8 +8,10 @@ import io
 import mimetypes
 import zipfile
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
-import httpx
+if TYPE_CHECKING:
+    import httpx
 
 MAX_IMAGE_BYTES = 50 * 1024 * 1024
 MAX_VIDEO_BYTES = 500 * 1024 * 1024
@@ -22,6 +24,8 @@ class PrepareError(Exception):
 
 async def download(client: httpx.AsyncClient, url: str, limit: int) -> tuple[bytes, str]:
     """The body and content type of `url`, refusing anything over `limit` bytes."""
+    import httpx
+
     try:
         async with client.stream("GET", url, follow_redirects=True) as r:
             if r.status_code >= 400:

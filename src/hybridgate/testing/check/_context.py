@@ -193,15 +193,21 @@ class Context:
 
     @property
     def model(self) -> str:
-        """The model every request uses: --model, else the first listed model that is not a mock and can
-        be served now, else the first listed one."""
+        """The model every request uses: --model, else the first listed chat model that is not a mock and
+        can be served now, else the first listed chat model (generation-only models are never picked)."""
         if self._model is None:
             models = self.list_models()
             if not models:
                 raise CheckFailed("no model to test: GET /v1/models listed none and --model was not given")
-            real = [m for m in models if not self.is_mock(m) and self._routable(m)]
-            self._model = real[0] if real else models[0]
+            chat = [m for m in models if self._chats(m)] or models
+            real = [m for m in chat if not self.is_mock(m) and self._routable(m)]
+            self._model = real[0] if real else chat[0]
         return self._model
+
+    def _chats(self, model: str) -> bool:
+        """False when the gateway says no backend of the model does chat (an image or training model)."""
+        serving = [b for b in self.backends() if model in (b.get("models") or ())]
+        return not serving or any("chat" in (b.get("operations") or ("chat",)) for b in serving)
 
     @property
     def openai(self) -> openai.OpenAI:
