@@ -438,6 +438,8 @@ def test_two_processes_on_postgres_one_killed(start: Any, fal: Proc, tmp_path: P
     b = start([fal_backend(fal)], database=url, workdir=tmp_path / "b")
     k = a.key("shared")
     ids = [a.job(k, {**IMAGE, "input": {"prompt": f"pg {i}", "n": 1}}).json()["id"] for i in range(4)]
+    # B learns of the key A made from the shared database within its key reload (about 2 s).
+    wait_until(lambda: b.http.get("/v1/jobs", headers=auth(k)).status_code == 200, 20, "B to know the key")
     wait_until(lambda: all(a.get(k, i)["status"] == "running" for i in ids), 20, "all jobs running")
     a.proc.kill()
     for i in ids:
