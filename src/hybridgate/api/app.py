@@ -36,6 +36,7 @@ from hybridgate.protocol import GatewayError, NotFoundError
 from hybridgate.router import BackendManager
 from hybridgate.serving import InferenceService, RequestContext, attempt_headers, request_id
 from hybridgate.store import Store
+from hybridgate.training import TrainingService, parse_training
 
 log = logging.getLogger("hybridgate.app")
 
@@ -70,6 +71,11 @@ class Gateway:
         self.metrics = Metrics(lambda: [s.snapshot() for s in list(self.manager.states.values())])
         self.ledger = Ledger(self.store, self.metrics.registry)
         self.watcher = KeyWatcher(KeyStore(self.store), self.keys)
+        try:
+            training = parse_training(config.training)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        self.training = TrainingService(training, self.store, self.ledger) if training.enabled else None
         self.inference = InferenceService(self.manager, self.ledger.hooks_for)
         self.routes = routes = InferenceRoutes(
             self.inference, config.server.max_body_bytes, config.server.body_timeout_s
@@ -82,6 +88,12 @@ class Gateway:
         self.control = control.build(self)
         self.started_at = time.time()
         self._stack: AsyncExitStack | None = None
+
+    def training_service(self) -> TrainingService:
+        """The training API's service; a 404 naming the setting when the config turned it off."""
+        if self.training is None:
+            raise NotFoundError("The training API is off on this gateway (training.enabled: false).")
+        return self.training
 
     def may_see_keys(self, authorization: str | None) -> bool:
         """Whether a caller may see per-key series on /metrics: the master key or the metrics token."""
@@ -108,6 +120,9 @@ class Gateway:
             stack.push_async_callback(self.ledger.stop)  # flushes the last rows before the store closes
             await self.routes.start()
             stack.push_async_callback(self.routes.stop)
+            if self.training is not None:
+                await self.training.start()
+                stack.push_async_callback(self.training.close)
             self._stack = stack.pop_all()
         if self.tune_gc:
             _tune_gc()

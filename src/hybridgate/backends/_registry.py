@@ -20,6 +20,7 @@ KINDS: dict[str, str] = {
     "llamacpp": "hybridgate.backends.llamacpp:LlamaCppBackend",
     "gemini": "hybridgate.backends.gemini:GeminiBackend",
     "pod": "hybridgate.backends.pod:PodBackend",
+    "lora": "hybridgate.training._serve:AdapterBackend",
 }
 
 

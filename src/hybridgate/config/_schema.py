@@ -235,6 +235,8 @@ class Config(_Strict):
     server: ServerConfig = ServerConfig()
     backends: list[BackendConfig] = Field(min_length=1)
     database: str = "sqlite:///./.hybridgate/hybridgate.db"
+    # The training API (hybridgate.training.TrainingConfig validates it when the gateway is built).
+    training: dict[str, Any] = Field(default_factory=dict)
     # Where the config came from, for messages; not part of the file.
     source: str = Field("<embedded default>", exclude=True)
 

@@ -39,9 +39,9 @@ class CheckpointFiles:
     def exists(self, run_id: str, kind: str, name: str) -> bool:
         return (self.folder(run_id, kind, name) / META).is_file()
 
-    def write(self, run_id: str, kind: str, name: str, fill: Callable[[Path], None], meta: dict[str, Any]) -> int:
-        """Let `fill` write a checkpoint into a fresh folder, then move it into place; its size in bytes."""
-        final = self.folder(run_id, kind, name)
+    def write(self, final: Path, fill: Callable[[Path], None], meta: dict[str, Any]) -> int:
+        """Let `fill` write a checkpoint into a fresh folder, then move it to `final`; its size in bytes."""
+        self._inside(final)
         tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
         tmp.mkdir(parents=True)
         try:
@@ -60,8 +60,16 @@ class CheckpointFiles:
         return self.size(final)
 
     def read_meta(self, run_id: str, kind: str, name: str) -> dict[str, Any]:
-        meta: dict[str, Any] = json.loads((self.folder(run_id, kind, name) / META).read_text())
+        return self.meta_at(self.folder(run_id, kind, name))
+
+    @staticmethod
+    def meta_at(folder: Path) -> dict[str, Any]:
+        meta: dict[str, Any] = json.loads((folder / META).read_text())
         return meta
+
+    def _inside(self, path: Path) -> None:
+        if not path.resolve().is_relative_to(self.root):
+            raise ValueError(f"{path} is outside the training data directory {self.root}")
 
     def delete(self, run_id: str, kind: str, name: str) -> bool:
         path = self.folder(run_id, kind, name)

@@ -55,7 +55,7 @@ def load_base(path: str, device: str) -> tuple[Any, Any]:
     else:
         raise RuntimeError(f"base model path {path} is neither a folder nor a GGUF file")
     tok = AutoTokenizer.from_pretrained(src, local_files_only=True, **kw)
-    model = AutoModelForCausalLM.from_pretrained(src, local_files_only=True, dtype=torch.float32, **kw)
+    model: Any = AutoModelForCausalLM.from_pretrained(src, local_files_only=True, dtype=torch.float32, **kw)
     model.to(device)
     model.eval()
     for prm in model.parameters():
@@ -107,6 +107,7 @@ class Engine:
         self.base, self.tok = load_base(path, self.device)
         self.peft: Any = None
         self.slots: dict[str, _Slot] = {}
+        self._made = 0
         # Read before any adapter is injected (afterwards the Linear layers are peft's wrappers).
         self.layers = {k: target_modules(self.base, *flags) for k, flags in _LAYER_SETS.items()}
         tdir = files.tokenizer_dir(model_name)
@@ -154,20 +155,19 @@ class Engine:
 
         if run in self.slots:
             raise UserError(f"run {run} already exists")
-        targets = [
-            n for k, names in self.layers.items() if lora[f"train_{k}"] for n in names
-        ]
+        targets = [n for k, names in self.layers.items() if lora[f"train_{k}"] for n in names]
         if not targets:
             raise UserError("the LoRA config trains nothing: enable train_attn, train_mlp or train_unembed")
         cfg = LoraConfig(
             r=int(lora["rank"]),
-            lora_alpha=float(lora.get("alpha") or DEFAULT_ALPHA),
+            lora_alpha=lora.get("alpha") or DEFAULT_ALPHA,
             lora_dropout=float(lora.get("dropout") or 0.0),
             target_modules=targets,
             bias="none",
             task_type="CAUSAL_LM",
         )
-        name = "a" + hashlib.sha1(run.encode()).hexdigest()[:12]
+        self._made += 1
+        name = f"a{self._made}_" + hashlib.sha1(run.encode()).hexdigest()[:8]
         if seed is not None:
             torch.manual_seed(int(seed))
         if self.peft is None:
@@ -177,7 +177,9 @@ class Engine:
         slot = _Slot(name, dict(lora))
         self.slots[run] = slot
         self._activate(slot)
-        slot.optimizer = torch.optim.AdamW(self._params(slot), lr=1e-4, betas=(0.9, 0.95), eps=1e-12, weight_decay=0.0)
+        slot.optimizer = torch.optim.AdamW(
+            self._params(slot), lr=1e-4, betas=(0.9, 0.95), eps=1e-12, weight_decay=0.0
+        )
         return slot
 
     def _params(self, slot: _Slot) -> list[Any]:
@@ -262,7 +264,9 @@ class Engine:
         return {"grad_norm": float(norm), "seconds": time.perf_counter() - t0}
 
     # --- checkpoints -----------------------------------------------------------------------------
-    def save(self, run: str, kind: str, name: str, optimizer: bool, meta: dict[str, Any]) -> dict[str, Any]:
+    def save(
+        self, run: str, folder: str, optimizer: bool, meta: dict[str, Any], merged: bool = False
+    ) -> dict[str, Any]:
         import torch
         from peft import get_peft_model_state_dict
         from safetensors.torch import save_file
@@ -270,18 +274,27 @@ class Engine:
         slot = self._slot(run)
 
         def fill(d: Path) -> None:
-            if kind == "merged":
+            if merged:
                 self._save_merged(slot, d)
                 return
             state = get_peft_model_state_dict(self.peft, adapter_name=slot.name, save_embedding_layers=False)
-            save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(d / "adapter_model.safetensors"))
+            save_file(
+                {k: v.detach().contiguous().cpu() for k, v in state.items()},
+                str(d / "adapter_model.safetensors"),
+            )
             self.peft.peft_config[slot.name].save_pretrained(str(d))
             if optimizer:
                 torch.save(slot.optimizer.state_dict(), d / "optimizer.pt")
 
-        full = {**meta, "lora": slot.lora, "base_model": self.model_name, "optimizer": optimizer, "kind": kind}
-        size = self.files.write(run, kind, name, fill, full)
-        return {"size_bytes": size, "folder": str(self.files.folder(run, kind, name))}
+        full = {
+            **meta,
+            "lora": slot.lora,
+            "base_model": self.model_name,
+            "optimizer": optimizer,
+            "merged": merged,
+        }
+        size = self.files.write(Path(folder), fill, full)
+        return {"size_bytes": size, "folder": folder}
 
     def _save_merged(self, slot: _Slot, d: Path) -> None:
         twin = copy.deepcopy(self.peft)
@@ -290,27 +303,32 @@ class Engine:
         self.tok.save_pretrained(str(d))
         del twin, merged
 
-    def load(self, run: str, src_run: str, kind: str, name: str, optimizer: bool) -> dict[str, Any]:
-        """Create run `run` from a saved checkpoint of `src_run` (with its optimizer state when asked)."""
+    def load(self, run: str, folder: str, optimizer: bool) -> dict[str, Any]:
+        """Create adapter `run` from a saved checkpoint folder (with its optimizer state when asked)."""
         import torch
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
-        if not self.files.exists(src_run, kind, name):
-            raise UserError(f"checkpoint {src_run}/{kind}/{name} does not exist")
-        meta = self.files.read_meta(src_run, kind, name)
+        path = Path(folder)
+        try:
+            meta = self.files.meta_at(path)
+        except (OSError, ValueError):
+            raise UserError(f"no checkpoint at {folder}") from None
         if meta.get("base_model") != self.model_name:
             raise UserError(f"checkpoint is for base model {meta.get('base_model')}, not {self.model_name}")
+        if meta.get("merged"):
+            raise UserError(
+                "a merged checkpoint is a whole model, not an adapter; load an adapter checkpoint"
+            )
         if optimizer and not meta.get("optimizer"):
             raise UserError("that checkpoint was saved without optimizer state; load it without optimizer")
-        folder = self.files.folder(src_run, kind, name)
         if run in self.slots:
             self.drop(run)
         slot = self._add(run, meta["lora"], None)
-        state = load_file(str(folder / "adapter_model.safetensors"), device=self.device)
+        state = load_file(str(path / "adapter_model.safetensors"), device=self.device)
         set_peft_model_state_dict(self.peft, state, adapter_name=slot.name)
         if optimizer:
-            slot.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=self.device))
+            slot.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=self.device))
         return {"lora": meta["lora"]}
 
     # --- sampling --------------------------------------------------------------------------------
@@ -341,17 +359,21 @@ class Engine:
             raise UserError("prompt: give at least one token")
         model, ctx = self._sampling_model(run)
         t0 = time.perf_counter()
-        seqs = []
+        seqs: list[dict[str, Any]] = []
         plps: list[float] | None = None
         with ctx, torch.no_grad():
             if prompt_logprobs:
                 logits = model(input_ids=torch.tensor([prompt], device=self.device)).logits[0].float()
-                lp = torch.log_softmax(logits[:-1], dim=-1).gather(1, torch.tensor(prompt[1:], device=self.device)[:, None])[:, 0]
+                lp = torch.log_softmax(logits[:-1], dim=-1).gather(
+                    1, torch.tensor(prompt[1:], device=self.device)[:, None]
+                )[:, 0]
                 plps = [math.nan, *lp.cpu().tolist()]
             seed = params.get("seed")
             for k in range(num_samples):
                 gen = torch.Generator(device=self.device)
-                gen.manual_seed(int(seed) + k if seed is not None else int.from_bytes(os.urandom(4), "little"))
+                gen.manual_seed(
+                    int(seed) + k if seed is not None else int.from_bytes(os.urandom(4), "little")
+                )
                 toks: list[int] = []
                 lps: list[float] = []
                 reason = "length"
@@ -369,15 +391,18 @@ class Engine:
             "seconds": time.perf_counter() - t0,
         }
 
-    def _generate(self, model: Any, prompt: list[int], params: dict[str, Any], gen: Any) -> Iterator[tuple[int, float, bool]]:
+    def _generate(
+        self, model: Any, prompt: list[int], params: dict[str, Any], gen: Any
+    ) -> Iterator[tuple[int, float, bool]]:
         """Tokens one at a time with a KV cache: (token, its logprob at temperature 1, stopped here)."""
         import torch
 
         max_tokens = params.get("max_tokens")
         max_tokens = DEFAULT_MAX_TOKENS if max_tokens is None else int(max_tokens)
-        temperature = float(params.get("temperature", 1.0) if params.get("temperature") is not None else 1.0)
-        top_k = int(params.get("top_k") if params.get("top_k") is not None else -1)
-        top_p = float(params.get("top_p") if params.get("top_p") is not None else 1.0)
+        t, k, p = params.get("temperature"), params.get("top_k"), params.get("top_p")
+        temperature = 1.0 if t is None else float(t)
+        top_k = -1 if k is None else int(k)
+        top_p = 1.0 if p is None else float(p)
         stop = params.get("stop")
         stop_ids: set[int] = set(self.eos) if stop is None else set()
         stop_strs: list[str] = []
@@ -401,7 +426,9 @@ class Engine:
             yield tok, float(logp[tok]), hit
             if hit:
                 return
-            out = model(input_ids=torch.tensor([[tok]], device=self.device), past_key_values=past, use_cache=True)
+            out = model(
+                input_ids=torch.tensor([[tok]], device=self.device), past_key_values=past, use_cache=True
+            )
             past = out.past_key_values
             logits = out.logits[0, -1].float()
 
@@ -456,7 +483,12 @@ class Engine:
             text = "".join(f"{m.get('role')}: {m.get('content')}\n" for m in messages) + "assistant:"
         return list(self.tok(text or "")["input_ids"])
 
-    def stream_text(self, run: str | None, prompt: list[int], params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    def decode(self, seqs: list[list[int]]) -> list[str]:
+        return [self.tok.decode(s, skip_special_tokens=True) for s in seqs]
+
+    def stream_text(
+        self, run: str | None, prompt: list[int], params: dict[str, Any]
+    ) -> Iterator[dict[str, Any]]:
         """Generated text as it comes (for the data plane's served adapters), then the finish reason."""
         import torch
 

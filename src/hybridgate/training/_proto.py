@@ -101,8 +101,13 @@ _MAPS: dict[str, list[tuple[str, int, int, str]]] = {
     "ArrayRecord": [("FieldsEntry", _F.TYPE_STRING, _F.TYPE_MESSAGE, "BatchedTensor")],
 }
 _ENUMS = {
-    "DType": [("DTYPE_UNSPECIFIED", 0), ("DTYPE_FLOAT32", 1), ("DTYPE_INT64", 2), ("DTYPE_INT32", 3)]
-    + [("DTYPE_BFLOAT16", 4)],
+    "DType": [
+        ("DTYPE_UNSPECIFIED", 0),
+        ("DTYPE_FLOAT32", 1),
+        ("DTYPE_INT64", 2),
+        ("DTYPE_INT32", 3),
+        ("DTYPE_BFLOAT16", 4),
+    ],
     "StopReason": [("STOP_REASON_STOP", 0), ("STOP_REASON_LENGTH", 1)],
 }
 _ONEOFS = {
@@ -127,7 +132,7 @@ def _field(
     oneof: int | None = None,
     optional: bool = False,
 ) -> None:
-    f = msg.field.add(name=name, number=number, type=typ, label=label)  # type: ignore[arg-type]
+    f = msg.field.add(name=name, number=number, type=typ, label=label)
     if type_name:
         f.type_name = f".{_PKG}.{type_name}"
     if oneof is not None:
@@ -142,22 +147,25 @@ def _build() -> dict[str, Any]:
     )
     for name, values in _ENUMS.items():
         e = fd.enum_type.add(name=name)
-        for vname, number in values:
-            e.value.add(name=vname, number=number)
-    for name, fields in _MESSAGES.items():
+        for vname, vnum in values:
+            e.value.add(name=vname, number=vnum)
+    for name, field_list in _MESSAGES.items():
         m = fd.message_type.add(name=name)
-        for oneof in _ONEOFS.get(name, []):
-            m.oneof_decl.add(name=oneof)
+        for oneof_name in _ONEOFS.get(name, []):
+            m.oneof_decl.add(name=oneof_name)
         for entry, key_t, value_t, value_msg in _MAPS.get(name, []):
             n = m.nested_type.add(name=entry)
             n.options.map_entry = True
             _field(n, "key", 1, key_t, _OPT, "")
             _field(n, "value", 2, value_t, _OPT, value_msg)
-        for fname, number, typ, label, type_name, oneof, optional in fields:
-            _field(m, fname, number, typ, label, type_name, oneof, optional)
+        for fname, num, typ, label, type_name, oneof, optional in field_list:
+            _field(m, fname, num, typ, label, type_name, oneof, optional)
     pool = descriptor_pool.DescriptorPool()
     pool.Add(fd)
-    return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PKG}.{name}")) for name in _MESSAGES}
+    return {
+        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PKG}.{name}"))
+        for name in _MESSAGES
+    }
 
 
 _CLASSES = _build()
@@ -205,7 +213,9 @@ def _dense(t: Any, name: str, index: int) -> list[float] | list[int]:
 
 def decode_forward_backward(raw: bytes) -> dict[str, Any]:
     """A ForwardBackwardRequest as plain data: model_id, seq_id, loss_fn, forward_only and datums
-    (input tokens, target tokens, weights). WireError names what is malformed or unsupported."""
+    (input tokens, target tokens, weights). WireError names what is malformed or unsupported. A datum with
+    inputs cross_entropy does not take is returned as {"unsupported_inputs": [...]}, for the caller to refuse
+    along with the loss it belongs to."""
     import numpy as np
 
     msg = ForwardBackwardRequest()
@@ -226,14 +236,12 @@ def decode_forward_backward(raw: bytes) -> dict[str, Any]:
                 raise WireError(f"data[{i}].model_input: token bytes are not int32")
             tokens.extend(np.frombuffer(c.encoded_text.tokens, dtype="<i4").tolist())
         inputs = dict(d.loss_fn_inputs)
+        unknown = sorted(set(inputs) - {"target_tokens", "weights"})
+        if unknown:  # another loss's inputs: the caller refuses the loss by name
+            datums.append({"unsupported_inputs": unknown})
+            continue
         if "target_tokens" not in inputs:
             raise WireError(f"data[{i}].loss_fn_inputs: 'target_tokens' is missing")
-        unknown = sorted(set(inputs) - {"target_tokens", "weights"})
-        if unknown:
-            raise WireError(
-                f"data[{i}].loss_fn_inputs: '{unknown[0]}' is not an input of cross_entropy "
-                "(target_tokens, weights)"
-            )
         targets = [int(x) for x in _dense(inputs["target_tokens"], "target_tokens", i)]
         weights = (
             [float(x) for x in _dense(inputs["weights"], "weights", i)]

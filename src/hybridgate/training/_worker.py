@@ -40,7 +40,9 @@ def _watch_parent(parent: int) -> None:
             os._exit(0)  # the gateway is gone; nobody will read our answers
 
 
-def worker_main(conn: Connection, parent: int, model: str, path: str, device: str, root: str, threads: int) -> None:
+def worker_main(
+    conn: Connection, parent: int, model: str, path: str, device: str, root: str, threads: int
+) -> None:
     """The worker process: load the model, then serve commands until told to stop or the pipe closes."""
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     from hybridgate.training._checkpoints import CheckpointFiles
@@ -209,7 +211,9 @@ class Worker:
 
     def _died(self, code: int | None) -> None:
         if self.dead is None:
-            self.dead = f"the training worker for {self.model} exited (code {code}); its unsaved state is lost"
+            self.dead = (
+                f"the training worker for {self.model} exited (code {code}); its unsaved state is lost"
+            )
             if code not in (0, None):
                 log.error("%s", self.dead)
         if self._ready is not None and not self._ready.done():
@@ -224,12 +228,11 @@ class Worker:
             return
         self._out.put((0, "stop", {}))
         self._out.put(None)
-        deadline = time.monotonic() + timeout_s
-        while self._proc.is_alive() and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        # Joined in a thread: the worker may be finishing a step before it reads "stop".
+        await asyncio.to_thread(self._proc.join, timeout_s)
         if self._proc.is_alive():
             self._proc.kill()
-        await asyncio.to_thread(self._proc.join, 5)
+            await asyncio.to_thread(self._proc.join, 5)
         if self._conn is not None:
             self._conn.close()
 

@@ -16,7 +16,19 @@ from starlette.routing import Route
 
 from hybridgate import __version__
 from hybridgate._asgi import Receive, Scope, Send
-from hybridgate.api.control import _deps, _docs, _errors, admin, health, models, pods, root, usage
+from hybridgate.api.control import (
+    _deps,
+    _docs,
+    _errors,
+    admin,
+    health,
+    models,
+    pods,
+    root,
+    tinker,
+    training,
+    usage,
+)
 from hybridgate.auth import KeyStore
 from hybridgate.protocol import ChatCompletionRequest, CompletionRequest
 from hybridgate.protocol._control import ErrorResponse
@@ -76,7 +88,7 @@ def build(gw: Gateway) -> FastAPI:
         redoc_url=None,
         redirect_slashes=False,  # the dispatcher strips a trailing slash before routing
     )
-    known = "/v1/chat/completions, /v1/completions, /v1/models, /v1/usage, /health, /admin/keys"
+    known = "/v1/chat/completions, /v1/completions, /v1/models, /v1/usage, /v1/training/runs, /tinker/api/v1, /health, /admin/keys"
     _errors.install(app, known)
     principal = _deps.caller(gw.auth)
     master = _deps.master(gw.auth, gw.keys)
@@ -89,6 +101,8 @@ def build(gw: Gateway) -> FastAPI:
     if pods.attach(gw.manager, gw.ledger.recorder.add, lambda: gw.store.engine, gw.metrics.registry):
         app.include_router(pods.router(gw.manager, master))  # only on a gateway with pod backends
     app.include_router(root.router())
+    app.include_router(tinker.router(gw.auth, gw.training_service))
+    app.include_router(training.router(gw, principal), responses=_deps.UNAUTHENTICATED)
     anchor = _HotAnchor(gw)
     for path in HOT:
         app.router.routes.append(Route(path, anchor, methods=["POST"], include_in_schema=False))
