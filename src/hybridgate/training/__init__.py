@@ -5,7 +5,8 @@ torch, peft and transformers are imported only in the worker processes (the `tra
 gateway itself starts without them.
 """
 
+from hybridgate.training._client import Client, TrainingAPIError
 from hybridgate.training._config import TrainingConfig, TrainingPrice, parse_training
 from hybridgate.training._service import StepError, TrainingService
 
-__all__ = ["StepError", "TrainingConfig", "TrainingPrice", "TrainingService", "parse_training"]
+__all__ = ["Client", "StepError", "TrainingAPIError", "TrainingConfig", "TrainingPrice", "TrainingService", "parse_training"]

@@ -263,13 +263,17 @@ def router(gw: Gateway, principal: Callable[..., Awaitable[Principal]]) -> APIRo
                 f"batch too large: {len(examples)} examples; at most {s.config.max_batch_datums} per call"
             )
         forward_only = data.get("forward_only", False)
-        if not isinstance(forward_only, bool):
-            raise BadRequestError("'forward_only' must be true or false.", param="forward_only")
+        want_lps = data.get("return_logprobs", False)
+        for name, v in (("forward_only", forward_only), ("return_logprobs", want_lps)):
+            if not isinstance(v, bool):
+                raise BadRequestError(f"'{name}' must be true or false.", param=name)
         datums = await _step(lambda: run.worker.call("render", examples=examples))
         wait = await _step(lambda: _now(lambda: s.submit_forward_backward(p, run, datums, forward_only)))
         res = await _step(wait)
         weights = sum(sum(d["weights"]) for d in datums)
+        extra = {"logprobs": res["logprobs"], "tokens_in": [d["tokens"] for d in datums]} if want_lps else {}
         return {
+            **extra,
             "loss_sum": res["loss_sum"],
             "loss_mean": res["loss_sum"] / weights if weights else res["loss_sum"],
             "tokens": res["tokens"],
