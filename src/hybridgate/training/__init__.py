@@ -9,4 +9,12 @@ from hybridgate.training._client import Client, TrainingAPIError
 from hybridgate.training._config import TrainingConfig, TrainingPrice, parse_training
 from hybridgate.training._service import StepError, TrainingService
 
-__all__ = ["Client", "StepError", "TrainingAPIError", "TrainingConfig", "TrainingPrice", "TrainingService", "parse_training"]
+__all__ = [
+    "Client",
+    "StepError",
+    "TrainingAPIError",
+    "TrainingConfig",
+    "TrainingPrice",
+    "TrainingService",
+    "parse_training",
+]

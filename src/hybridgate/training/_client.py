@@ -30,7 +30,9 @@ class Client:
 
     def __init__(self, base_url: str, api_key: str | None = None, *, timeout: float = 600.0) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.Client(base_url=base_url.rstrip("/") + "/v1/training", headers=headers, timeout=timeout)
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/") + "/v1/training", headers=headers, timeout=timeout
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -88,7 +90,12 @@ class Client:
 
     # --- steps ----------------------------------------------------------------------------------
     def forward_backward(
-        self, run_id: str, examples: list[dict[str, Any]], *, forward_only: bool = False, logprobs: bool = False
+        self,
+        run_id: str,
+        examples: list[dict[str, Any]],
+        *,
+        forward_only: bool = False,
+        logprobs: bool = False,
     ) -> dict[str, Any]:
         """Accumulate gradients on examples: {"messages": [...]}, {"text": "..."} or {"tokens": [...]}."""
         body = {"examples": examples, "forward_only": forward_only, "return_logprobs": logprobs}
@@ -99,7 +106,12 @@ class Client:
         return dict(self._call("POST", f"/runs/{run_id}/optim_step", dict(adam)))
 
     def sample(
-        self, run_id: str, *, prompt: str | None = None, messages: list[dict[str, Any]] | None = None, **params: Any
+        self,
+        run_id: str,
+        *,
+        prompt: str | None = None,
+        messages: list[dict[str, Any]] | None = None,
+        **params: Any,
     ) -> dict[str, Any]:
         body: dict[str, Any] = dict(params)
         if prompt is not None:
@@ -115,7 +127,9 @@ class Client:
             body["name"] = name
         return dict(self._call("POST", f"/runs/{run_id}/save", body))
 
-    def serve(self, run_id: str, *, checkpoint: str | None = None, model: str | None = None) -> dict[str, Any]:
+    def serve(
+        self, run_id: str, *, checkpoint: str | None = None, model: str | None = None
+    ) -> dict[str, Any]:
         """Serve a saved adapter as a model of /v1/chat/completions; returns its model name."""
         body: dict[str, Any] = {}
         if checkpoint is not None:

@@ -27,6 +27,8 @@ class TrainingConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Checkpoints and exported tokenizers (local files; see training/_checkpoints.py)
     data_dir: str = "./.hybridgate/training"
+    # A GGUF base model converted once to a model folder (minutes), kept here (unset: data_dir/base)
+    cache_dir: str | None = None
     # torch threads per worker process (0: torch's default)
     threads: int = Field(0, ge=0)
     # public base-model name -> a local model folder, a GGUF file, or "packaged" (Gemma 3 270M from the

@@ -41,8 +41,23 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def load_base(path: str, device: str) -> tuple[Any, Any]:
-    """A causal LM and its tokenizer from a local folder or a GGUF file (dequantized); never the hub."""
+# For base models whose tokenizer has no chat template: question/answer turns, as the llamacpp backend
+# writes them for base models, so messages can be trained on and chatted with all the same.
+BASE_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}\n\n"
+    "{% elif m['role'] == 'user' %}Question: {{ m['content'] }}\n"
+    "{% else %}Answer: {{ m['content'] }}\n\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}Answer:{% endif %}"
+)
+BASE_STOPS = ["\nQuestion:", "\n\n"]
+
+
+def load_base(path: str, device: str, cache: Path | None = None) -> tuple[Any, Any]:
+    """A causal LM and its tokenizer from a local folder or a GGUF file; never the hub.
+
+    A GGUF file is dequantized by transformers, which takes minutes (its tokenizer alone), so the result
+    is kept once as a model folder under `cache` (keyed by the file's name, size and time) and later
+    starts load that."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -50,6 +65,24 @@ def load_base(path: str, device: str) -> tuple[Any, Any]:
     if p.is_file():
         kw: dict[str, Any] = {"gguf_file": p.name}
         src = str(p.parent)
+        if cache is not None:
+            st = p.stat()
+            folder = cache / f"{p.stem}-{st.st_size}-{st.st_mtime_ns}"
+            if not (folder / "config.json").is_file():
+                converted: Any = AutoModelForCausalLM.from_pretrained(
+                    src, local_files_only=True, dtype=torch.float32, **kw
+                )
+                # Dequantized to float32 already: drop the GGUF marks, which make transformers refuse to save.
+                converted.hf_quantizer = None
+                if getattr(converted.config, "quantization_config", None) is not None:
+                    del converted.config.quantization_config
+                tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+                AutoTokenizer.from_pretrained(src, local_files_only=True, **kw).save_pretrained(tmp)
+                converted.save_pretrained(tmp)
+                if not folder.exists():
+                    os.replace(tmp, folder)
+                del converted
+            kw, src = {}, str(folder)
     elif p.is_dir():
         kw, src = {}, str(p)
     else:
@@ -95,7 +128,15 @@ class _Slot:
 
 
 class Engine:
-    def __init__(self, model_name: str, path: str, device: str, files: CheckpointFiles, threads: int = 0):
+    def __init__(
+        self,
+        model_name: str,
+        path: str,
+        device: str,
+        files: CheckpointFiles,
+        threads: int = 0,
+        cache: str | None = None,
+    ):
         import torch
 
         if threads:
@@ -104,7 +145,11 @@ class Engine:
         self.path = path
         self.device = resolve_device(device)
         self.files = files
-        self.base, self.tok = load_base(path, self.device)
+        self.base, self.tok = load_base(path, self.device, Path(cache) if cache else files.root / "base")
+        self.default_stops: list[str] = []
+        if not getattr(self.tok, "chat_template", None):
+            self.tok.chat_template = BASE_TEMPLATE
+            self.default_stops = list(BASE_STOPS)
         self.peft: Any = None
         self.slots: dict[str, _Slot] = {}
         self._made = 0
@@ -133,7 +178,7 @@ class Engine:
             "max_context": self.max_context,
             "device": self.device,
             "eos": sorted(self.eos),
-            "chat_template": bool(getattr(self.tok, "chat_template", None)),
+            "default_stops": self.default_stops,
         }
 
     @property
@@ -499,6 +544,7 @@ class Engine:
         shown = ""
         reason = "length"
         with ctx, torch.no_grad():
+            stops = [*(params.get("stop_strings") or ()), *self.default_stops]
             for tok, _, stop in self._generate(model, prompt, {**params, "stop": None}, gen):
                 if stop:
                     reason = "stop"
@@ -507,7 +553,7 @@ class Engine:
                 text = self.tok.decode(made, skip_special_tokens=True)
                 if text.endswith("\ufffd"):
                     continue  # half a multi-byte character: wait for the rest
-                cut = [text.find(s) for s in params.get("stop_strings") or () if s and s in text]
+                cut = [text.find(s) for s in stops if s and s in text]
                 if cut:
                     text, reason = text[: min(cut)], "stop"
                 if len(text) > len(shown):

@@ -197,7 +197,14 @@ class TrainingService:
         task = self._starting.get(model)
         if task is None:
             path = self.model_path(model)
-            new = Worker(model, path, self.config.device, str(self.files.root), self.config.threads)
+            new = Worker(
+                model,
+                path,
+                self.config.device,
+                str(self.files.root),
+                self.config.threads,
+                self.config.cache_dir,
+            )
 
             async def start() -> Worker:
                 await new.start()

@@ -41,7 +41,14 @@ def _watch_parent(parent: int) -> None:
 
 
 def worker_main(
-    conn: Connection, parent: int, model: str, path: str, device: str, root: str, threads: int
+    conn: Connection,
+    parent: int,
+    model: str,
+    path: str,
+    device: str,
+    root: str,
+    threads: int,
+    cache: str | None,
 ) -> None:
     """The worker process: load the model, then serve commands until told to stop or the pipe closes."""
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
@@ -49,7 +56,7 @@ def worker_main(
     from hybridgate.training._engine import Engine, UserError
 
     try:
-        engine = Engine(model, path, device, CheckpointFiles(root), threads)
+        engine = Engine(model, path, device, CheckpointFiles(root), threads, cache)
     except Exception as e:
         conn.send((0, "fatal", f"cannot load base model {model} from {path}: {type(e).__name__}: {e}"))
         return
@@ -86,8 +93,11 @@ class _Pending:
 class Worker:
     """The gateway's handle on one worker process."""
 
-    def __init__(self, model: str, path: str, device: str, root: str, threads: int = 0) -> None:
+    def __init__(
+        self, model: str, path: str, device: str, root: str, threads: int = 0, cache: str | None = None
+    ) -> None:
         self.model, self.path, self.device, self.root, self.threads = model, path, device, root, threads
+        self.cache = cache
         self.info: dict[str, Any] = {}
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
@@ -105,7 +115,16 @@ class Worker:
         self._ready = self._loop.create_future()
         self._proc = ctx.Process(
             target=worker_main,
-            args=(theirs, os.getpid(), self.model, self.path, self.device, self.root, self.threads),
+            args=(
+                theirs,
+                os.getpid(),
+                self.model,
+                self.path,
+                self.device,
+                self.root,
+                self.threads,
+                self.cache,
+            ),
             name=f"hybridgate-train-{self.model}",
             daemon=True,
         )
