@@ -57,6 +57,15 @@ def worker_main(
 
     try:
         engine = Engine(model, path, device, CheckpointFiles(root), threads, cache)
+    except ImportError as e:
+        conn.send(
+            (
+                0,
+                "fatal",
+                f"training needs torch, peft and transformers ({e}): pip install 'hybridgate[training]'",
+            )
+        )
+        return
     except Exception as e:
         conn.send((0, "fatal", f"cannot load base model {model} from {path}: {type(e).__name__}: {e}"))
         return

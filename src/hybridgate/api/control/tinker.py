@@ -19,12 +19,12 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from hybridgate.auth import Authenticator, Principal
-from hybridgate.protocol import BadRequestError, GatewayError, NotFoundError, PayloadTooLargeError
-from hybridgate.training._proto import (
-    WireError,
-    decode_forward_backward,
-    encode_forward_backward_output,
-    encode_sample_response,
+from hybridgate.protocol import (
+    BadRequestError,
+    GatewayError,
+    NotFoundError,
+    PayloadTooLargeError,
+    UpstreamUnavailableError,
 )
 from hybridgate.training._service import (
     JSON,
@@ -37,6 +37,17 @@ from hybridgate.training._service import (
 )
 
 PREFIX = "/tinker/api/v1"
+
+
+def _codec() -> Any:
+    """The protobuf codec, imported on first use: the protobuf runtime comes with the training extra."""
+    try:
+        from hybridgate.training import _proto
+    except ImportError as e:
+        raise UpstreamUnavailableError(
+            f"The training API needs the training extra ({e}): pip install 'hybridgate[training]'."
+        ) from None
+    return _proto
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -247,9 +258,10 @@ def router(auth: Authenticator, svc: Callable[[], TrainingService]) -> APIRouter
             raise BadRequestError(
                 "forward_backward takes a ForwardBackwardRequest as application/x-protobuf."
             )
+        codec = _codec()
         try:
-            req = decode_forward_backward(raw)
-        except WireError as e:
+            req = codec.decode_forward_backward(raw)
+        except codec.WireError as e:
             raise BadRequestError(str(e)) from None
         run_id = req["model_id"]
         kind = "forward" if req["forward_only"] else "forward_backward"
@@ -278,7 +290,9 @@ def router(auth: Authenticator, svc: Callable[[], TrainingService]) -> APIRouter
         async def work() -> tuple[str, bytes]:
             assert wait is not None
             res = await wait()
-            return PROTO, encode_forward_backward_output(res["logprobs"], {"loss:sum": res["loss_sum"]})
+            return PROTO, _codec().encode_forward_backward_output(
+                res["logprobs"], {"loss:sum": res["loss_sum"]}
+            )
 
         return await submit(p, kind, run_id, f"{run_id}:fb:{req['seq_id']}", work, refusal)
 
@@ -479,7 +493,7 @@ def router(auth: Authenticator, svc: Callable[[], TrainingService]) -> APIRouter
         async def work() -> tuple[str, bytes]:
             assert wait is not None
             res = await wait()
-            return PROTO, encode_sample_response(res["sequences"], res["prompt_logprobs"])
+            return PROTO, _codec().encode_sample_response(res["sequences"], res["prompt_logprobs"])
 
         s2 = svc()
         rec, new = await s2.new_future(p, "sample", None, f"{sid}:sample:{seq}")
