@@ -81,5 +81,5 @@ def test_gemma_learns_a_small_dataset_and_the_served_adapter_answers(tmp_path: P
         proc.stop()
 
 
-STEPS = 6
+STEPS = 5
 LR = 2e-3
