@@ -117,11 +117,11 @@ def parse_tinker_path(path: str) -> tuple[str, str, str]:
     return parts[0], parts[1], parts[2]
 
 
-def check_name(name: str) -> str:
-    if not name or len(name) > 120 or not all(c.isalnum() or c in "-_." for c in name):
+def check_name(name: str, param: str = "path") -> str:
+    if not name or len(name) > 120 or not all(c.isascii() and (c.isalnum() or c in "-_.") for c in name):
         raise BadRequestError(
             f"checkpoint name {name!r} must be 1-120 characters of letters, digits, '-', '_' or '.'",
-            param="path",
+            param=param,
         )
     return name
 

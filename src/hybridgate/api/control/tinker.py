@@ -450,7 +450,9 @@ def router(auth: Authenticator, svc: Callable[[], TrainingService]) -> APIRouter
         s = svc()
         data = await _body(request, limit())
         sid = str(_field(data, "sampling_session_id", str))
-        n = _field(data, "num_samples", int, 1) or 1
+        n = _field(data, "num_samples", int, 1)
+        if n is None or not 1 <= n <= 64:
+            raise BadRequestError("num_samples must be an integer from 1 to 64.", param="num_samples")
         seq = data.get("seq_id")
         prompt_lp = bool(data.get("prompt_logprobs"))
         refusal = None

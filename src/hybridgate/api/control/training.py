@@ -81,7 +81,8 @@ def _num(
     if v is None:
         return None
     ok = isinstance(v, int) if integer else isinstance(v, int | float)
-    if isinstance(v, bool) or not ok or not math.isfinite(float(v)) or not lo <= v <= hi:
+    # compared before any float(): an integer past a double's range must be a 400, not an OverflowError
+    if isinstance(v, bool) or not ok or not lo <= v <= hi or not math.isfinite(v):
         kind = "an integer" if integer else "a number"
         raise BadRequestError(f"Invalid value for '{name}': give {kind} from {lo:g} to {hi:g}.", param=name)
     return v
@@ -356,7 +357,7 @@ def router(gw: Gateway, principal: Callable[..., Awaitable[Principal]]) -> APIRo
         name = data.get("name") or f"step-{run.steps}"
         if not isinstance(name, str):
             raise BadRequestError("'name' must be a string.", param="name")
-        check_name(name)
+        check_name(name, "name")
         res = await _step(
             lambda: s.save(
                 p, run, kinds[what], name, optimizer=what == "state", overwrite=bool(data.get("overwrite"))
