@@ -7,9 +7,11 @@ For each base model (the tiny offline Llama, and Gemma 3 270M from the packaged 
 - API: a `hybridgate serve` process, driven by the official `tinker` SDK on loopback: the same batch,
   steps and sampling, with protobuf, futures, long-polls and the database in between.
 
+Both are loaded at once and measured alternately, step by step, so the machine's background load hits
+both alike; only one of them computes at any moment.
+
 Printed: seconds per training step and sampled tokens per second, each side's median, and the ratio
 API/direct (step: direct time / API time; sampling: API tokens/s / direct tokens/s). The goal: >= 0.9.
-The two sides run one after the other with the same torch thread count, so they never share the CPU.
 
     python benchmarks/training.py                         # tiny and gemma
     python benchmarks/training.py --models tiny --steps 10
@@ -46,111 +48,107 @@ def _datums(tok: Any, repeat: int) -> list[dict[str, Any]]:
     return out
 
 
-def direct(name: str, path: str, args: argparse.Namespace, data_dir: Path, cache: str) -> dict[str, Any]:
-    from hybridgate.training._checkpoints import CheckpointFiles
-    from hybridgate.training._engine import Engine
+class Direct:
+    """The engine the gateway's worker runs, called in this process."""
 
-    eng = Engine(name, path, "cpu", CheckpointFiles(data_dir / "direct"), args.threads, cache)
-    eng.create("run", {"rank": args.rank, "train_attn": True, "train_mlp": True, "train_unembed": False}, 0)
-    data = _datums(eng.tok, args.repeat)
-    steps = []
-    for i in range(args.warmup + args.steps):
-        t0 = time.perf_counter()
-        eng.forward_backward("run", data, False)
-        eng.optim_step("run", {"learning_rate": 1e-4})
-        if i >= args.warmup:
-            steps.append(time.perf_counter() - t0)
-    tps = []
-    prompt = data[0]["tokens"][:8]
-    params = {"max_tokens": args.sample_tokens, "temperature": 1.0, "seed": 1, "stop": []}
-    for i in range(args.warmup + args.samples):
-        t0 = time.perf_counter()
-        res = eng.sample("run", prompt, 1, params, False)
-        if i >= args.warmup:
-            tps.append(res["sampled_tokens"] / (time.perf_counter() - t0))
-    return {
-        "step_s": statistics.median(steps),
-        "sample_tps": statistics.median(tps),
-        "tokens": sum(len(d["tokens"]) for d in data),
-    }
+    def __init__(self, name: str, path: str, args: argparse.Namespace, data_dir: Path, cache: str) -> None:
+        from hybridgate.training._checkpoints import CheckpointFiles
+        from hybridgate.training._engine import Engine
+
+        self.eng = Engine(name, path, "cpu", CheckpointFiles(data_dir), args.threads, cache)
+        lora = {"rank": args.rank, "train_attn": True, "train_mlp": True, "train_unembed": False}
+        self.eng.create("run", lora, 0)
+        self.data = _datums(self.eng.tok, args.repeat)
+        self.prompt = self.data[0]["tokens"][:8]
+        self.params = {"max_tokens": args.sample_tokens, "temperature": 1.0, "seed": 1, "stop": []}
+
+    def step(self) -> None:
+        self.eng.forward_backward("run", self.data, False)
+        self.eng.optim_step("run", {"learning_rate": 1e-4})
+
+    def sample(self) -> int:
+        return int(self.eng.sample("run", self.prompt, 1, self.params, False)["sampled_tokens"])
 
 
-def via_api(name: str, path: str, args: argparse.Namespace, work: Path, cache: str) -> dict[str, Any]:
-    import tinker
-    from tinker import types
+class ViaAPI:
+    """A `hybridgate serve` process on loopback, driven by the official tinker SDK."""
 
-    from hybridgate.testing.procs import start_gateway, write_config
+    def __init__(self, name: str, path: str, args: argparse.Namespace, work: Path, cache: str) -> None:
+        import subprocess
 
-    cfg = {
-        "database": f"sqlite:///{work / 'hybridgate.db'}",
-        "backends": [{"name": "mock", "kind": "mock", "models": {"mock": "mock"}, "price": {"free": True}}],
-        "training": {
-            "device": "cpu",
-            "threads": args.threads,
-            "data_dir": str(work / "training"),
-            "cache_dir": cache,
-            "models": {name: path},
-        },
-    }
-    write_config(cfg, work)
-    import subprocess
+        import tinker
+        from tinker import types
 
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "hybridgate",
-            "keys",
-            "create",
-            "--name",
-            "bench",
-            "--tinker",
-            "--config",
-            str(work / "hybridgate.yaml"),
-            "--output",
-            "json",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    key = json.loads(out.stdout)["key"]
-    gw = start_gateway(work / "hybridgate.yaml", workdir=work, timeout=120)
-    try:
-        sc = tinker.ServiceClient(base_url=gw.url + "/tinker", api_key=key)
-        tc = sc.create_lora_training_client(
+        from hybridgate.testing.procs import start_gateway, write_config
+
+        self.types = types
+        cfg = {
+            "database": f"sqlite:///{work / 'hybridgate.db'}",
+            "backends": [
+                {"name": "mock", "kind": "mock", "models": {"mock": "mock"}, "price": {"free": True}}
+            ],
+            "training": {
+                "device": "cpu",
+                "threads": args.threads,
+                "data_dir": str(work / "training"),
+                "cache_dir": cache,
+                "models": {name: path},
+            },
+        }
+        write_config(cfg, work)
+        cmd = [sys.executable, "-m", "hybridgate", "keys", "create", "--name", "bench", "--tinker"]
+        cmd += ["--config", str(work / "hybridgate.yaml"), "--output", "json"]
+        key = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)["key"]
+        self.gw = start_gateway(work / "hybridgate.yaml", workdir=work, timeout=120)
+        self.sc = tinker.ServiceClient(base_url=self.gw.url + "/tinker", api_key=key)
+        self.tc = self.sc.create_lora_training_client(
             base_model=name, rank=args.rank, seed=0, train_unembed=False
         ).result()
-        tok = tc.get_tokenizer()
-        batch = [
+        tok = self.tc.get_tokenizer()
+        self.batch = [
             types.Datum(
                 model_input=types.ModelInput.from_ints(d["tokens"]),
                 loss_fn_inputs={"target_tokens": d["targets"], "weights": d["weights"]},
             )
             for d in _datums(tok, args.repeat)
         ]
-        steps = []
-        for i in range(args.warmup + args.steps):
+        self.samp = self.tc.save_weights_and_get_sampling_client().result()
+        self.prompt = types.ModelInput.from_ints(self.batch[0].model_input.to_ints()[:8])
+        self.params = types.SamplingParams(max_tokens=args.sample_tokens, temperature=1.0, seed=1, stop=[])
+
+    def step(self) -> None:
+        fb = self.tc.forward_backward(self.batch, "cross_entropy")
+        opt = self.tc.optim_step(self.types.AdamParams(learning_rate=1e-4))
+        fb.result()
+        opt.result()
+
+    def sample(self) -> int:
+        return len(self.samp.sample(self.prompt, 1, self.params).result().sequences[0].tokens)
+
+    def close(self) -> None:
+        self.sc.close("success")
+        self.gw.stop()
+
+
+def measure(sides: dict[str, Any], args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Steps and samples, alternating between the sides so the machine's background load hits both."""
+    steps: dict[str, list[float]] = {k: [] for k in sides}
+    tps: dict[str, list[float]] = {k: [] for k in sides}
+    for i in range(args.warmup + args.steps):
+        for k, side in sides.items():
             t0 = time.perf_counter()
-            fb = tc.forward_backward(batch, "cross_entropy")
-            opt = tc.optim_step(types.AdamParams(learning_rate=1e-4))
-            fb.result()
-            opt.result()
+            side.step()
             if i >= args.warmup:
-                steps.append(time.perf_counter() - t0)
-        samp = tc.save_weights_and_get_sampling_client().result()
-        prompt = types.ModelInput.from_ints(batch[0].model_input.to_ints()[:8])
-        params = types.SamplingParams(max_tokens=args.sample_tokens, temperature=1.0, seed=1, stop=[])
-        tps = []
-        for i in range(args.warmup + args.samples):
+                steps[k].append(time.perf_counter() - t0)
+    for i in range(args.warmup + args.samples):
+        for k, side in sides.items():
             t0 = time.perf_counter()
-            res = samp.sample(prompt, 1, params).result()
+            n = side.sample()
             if i >= args.warmup:
-                tps.append(len(res.sequences[0].tokens) / (time.perf_counter() - t0))
-        sc.close("success")
-        return {"step_s": statistics.median(steps), "sample_tps": statistics.median(tps)}
-    finally:
-        gw.stop()
+                tps[k].append(n / (time.perf_counter() - t0))
+    return {
+        k: {"step_s": statistics.median(steps[k]), "sample_tps": statistics.median(tps[k])} for k in sides
+    }
 
 
 def main() -> None:
@@ -181,12 +179,18 @@ def main() -> None:
                 path = str(packaged_model_path())
             else:
                 sys.exit(f"unknown model {name!r}: tiny or gemma")
-            print(f"[{name}] direct ...", file=sys.stderr, flush=True)
-            d = direct(name, path, args, root / name, args.cache_dir)
-            print(f"[{name}] through the API (tinker SDK) ...", file=sys.stderr, flush=True)
+            print(f"[{name}] loading, in this process and in a gateway ...", file=sys.stderr, flush=True)
             work = root / f"{name}-gw"
             work.mkdir()
-            a = via_api(name, path, args, work, args.cache_dir)
+            direct = Direct(name, path, args, root / f"{name}-direct", args.cache_dir)
+            api = ViaAPI(name, path, args, work, args.cache_dir)
+            try:
+                m = measure({"direct": direct, "api": api}, args)
+            finally:
+                api.close()
+            d, a = m["direct"], m["api"]
+            d["tokens"] = sum(len(x["tokens"]) for x in direct.data)
+            del direct
             results[name] = {
                 "batch_tokens": d["tokens"],
                 "direct_step_s": round(d["step_s"], 4),
