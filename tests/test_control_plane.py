@@ -45,6 +45,13 @@ OPERATIONS: dict[str, set[str]] = {
     "/admin/keys/{key_id}/revoke": {"POST"},
     "/v1/chat/completions": {"POST"},
     "/v1/completions": {"POST"},
+    "/v1/training/runs": {"GET", "POST"},
+    "/v1/training/runs/{run_id}": {"GET", "DELETE"},
+    "/v1/training/runs/{run_id}/forward_backward": {"POST"},
+    "/v1/training/runs/{run_id}/optim_step": {"POST"},
+    "/v1/training/runs/{run_id}/sample": {"POST"},
+    "/v1/training/runs/{run_id}/save": {"POST"},
+    "/v1/training/runs/{run_id}/serve": {"POST"},
 }
 LIFECYCLES = {"stopped", "provisioning", "warming", "ready", "draining", "failed"}
 
