@@ -3,7 +3,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 # The local model extra compiles llama-cpp-python (about 5 minutes on 2 cores, once; pip caches the wheel).
-EXTRAS ?= local
+# The training extra needs torch: TORCH is installed first, pinned, because any looser requirement pulls
+# a multi-GB CUDA build here (on a CUDA machine: install your torch first and run with TORCH=).
+EXTRAS ?= local,training
+TORCH  ?= torch==2.13.0
 
 .PHONY: run test test-fast lint format bench bench-streams install install-dev clean
 
@@ -12,10 +15,12 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(VENV)/.installed-$(EXTRAS): pyproject.toml | $(BIN)/python
+	$(if $(TORCH),$(BIN)/python -m pip install --quiet '$(TORCH)')
 	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
 	touch $@
 
 $(VENV)/.installed-dev-$(EXTRAS): pyproject.toml | $(BIN)/python
+	$(if $(TORCH),$(BIN)/python -m pip install --quiet '$(TORCH)')
 	$(BIN)/python -m pip install --quiet -e '.[dev,$(EXTRAS)]'
 	touch $@
 

@@ -54,6 +54,13 @@ OPERATIONS: dict[str, set[str]] = {
     "/v1/jobs/webhooks/{backend}": {"POST"},
     "/v1/loras": {"GET"},
     "/v1/loras/{name}": {"GET"},
+    "/v1/training/runs": {"GET", "POST"},
+    "/v1/training/runs/{run_id}": {"GET", "DELETE"},
+    "/v1/training/runs/{run_id}/forward_backward": {"POST"},
+    "/v1/training/runs/{run_id}/optim_step": {"POST"},
+    "/v1/training/runs/{run_id}/sample": {"POST"},
+    "/v1/training/runs/{run_id}/save": {"POST"},
+    "/v1/training/runs/{run_id}/serve": {"POST"},
 }
 LIFECYCLES = {"stopped", "provisioning", "warming", "ready", "draining", "failed"}
 

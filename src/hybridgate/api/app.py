@@ -38,6 +38,7 @@ from hybridgate.router import BackendManager
 from hybridgate.serving import InferenceService, RequestContext, attempt_headers, request_id
 from hybridgate.storage import Signer, Storage, StorageError, open_signer, open_storage
 from hybridgate.store import Store
+from hybridgate.training import TrainingService, parse_training
 
 log = logging.getLogger("hybridgate.app")
 
@@ -82,6 +83,11 @@ class Gateway:
             if config.jobs.enabled
             else None
         )
+        try:
+            training = parse_training(config.training)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        self.training = TrainingService(training, self.store, self.ledger) if training.enabled else None
         self.inference = InferenceService(self.manager, self.ledger.hooks_for)
         self.routes = routes = InferenceRoutes(
             self.inference, config.server.max_body_bytes, config.server.body_timeout_s
@@ -101,6 +107,11 @@ class Gateway:
         if self._signer is None:
             self._signer = open_signer(self.config.storage, self.config.database)
         return self._signer
+    def training_service(self) -> TrainingService:
+        """The training API's service; a 404 naming the setting when the config turned it off."""
+        if self.training is None:
+            raise NotFoundError("The training API is off on this gateway (training.enabled: false).")
+        return self.training
 
     def may_see_keys(self, authorization: str | None) -> bool:
         """Whether a caller may see per-key series on /metrics: the master key or the metrics token."""
@@ -133,6 +144,9 @@ class Gateway:
                 stack.push_async_callback(self.jobs.stop)  # hands its leases back before the store closes
             await self.routes.start()
             stack.push_async_callback(self.routes.stop)
+            if self.training is not None:
+                await self.training.start()
+                stack.push_async_callback(self.training.close)
             self._stack = stack.pop_all()
         if self.tune_gc:
             _tune_gc()

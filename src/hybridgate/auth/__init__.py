@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from hybridgate.auth._keys import (
     KEY_PREFIX,
+    KEY_PREFIXES,
     KeyCache,
     KeyRecord,
     KeyStore,
@@ -124,6 +125,7 @@ class Authenticator:
 __all__ = [
     "ANONYMOUS",
     "KEY_PREFIX",
+    "KEY_PREFIXES",
     "MASTER",
     "Authenticator",
     "KeyCache",

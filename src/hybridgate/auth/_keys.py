@@ -1,6 +1,8 @@
 """Per-user API keys: generation, hashing, the table's CRUD, and the in-memory view the hot path reads.
 
-A key is `hg-` plus 32 random bytes (256 bits, base64url). Only its sha256 is stored: for secrets this
+A key is `hg-` plus 32 random bytes (256 bits, base64url); a key made for the Tinker SDK (which refuses
+keys that do not start with `tml-`) has the prefix `tml-` instead, and is the same key in every other way.
+Only its sha256 is stored: for secrets this
 random a fast hash is enough (no dictionary to guess from), and it lets a lookup go by hash.
 """
 
@@ -26,11 +28,15 @@ from hybridgate.store import Store, api_keys
 log = logging.getLogger("hybridgate.auth")
 
 KEY_PREFIX = "hg-"
-_SHOWN = len(KEY_PREFIX) + 8  # "hg-" and 8 characters of the secret identify a key in listings
+# The prefixes a key may have: ours, and the one the official Tinker SDK insists on.
+KEY_PREFIXES = ("hg-", "tml-")
+_SHOWN = 8  # the prefix and 8 characters of the secret identify a key in listings
 
 
-def new_secret() -> str:
-    return KEY_PREFIX + secrets.token_urlsafe(32)
+def new_secret(prefix: str = KEY_PREFIX) -> str:
+    if prefix not in KEY_PREFIXES:
+        raise ValueError(f"a key prefix is one of {', '.join(KEY_PREFIXES)}, not {prefix!r}")
+    return prefix + secrets.token_urlsafe(32)
 
 
 def hash_secret(secret: str) -> str:
@@ -127,14 +133,17 @@ class KeyStore:
         rpm: int | None = None,
         models: Iterable[str] | None = None,
         expires_at: float | None = None,
+        prefix: str = KEY_PREFIX,
     ) -> NewKey:
-        """Store a new key; KeyNameTaken when an active key (not revoked, not expired) has the name."""
-        secret = new_secret()
+        """Store a new key; KeyNameTaken when an active key (not revoked, not expired) has the name.
+
+        `prefix`: "hg-" (the default) or "tml-", for the Tinker SDK."""
+        secret = new_secret(prefix)
         now = time.time()
         rec = KeyRecord(
             id="key_" + secrets.token_hex(6),
             name=name,
-            prefix=secret[:_SHOWN],
+            prefix=secret[: len(prefix) + _SHOWN],
             key_hash=hash_secret(secret),
             created_at=now,
             budget_usd=budget_usd,
@@ -171,7 +180,12 @@ class KeyStore:
 
     async def create_spec(self, spec: KeySpec) -> NewKey:
         return await self.create(
-            spec.name, budget_usd=spec.budget_usd, rpm=spec.rpm, models=spec.models, expires_at=spec.expiry()
+            spec.name,
+            budget_usd=spec.budget_usd,
+            rpm=spec.rpm,
+            models=spec.models,
+            expires_at=spec.expiry(),
+            prefix=spec.prefix,
         )
 
     async def all(self) -> list[KeyRecord]:
@@ -269,6 +283,7 @@ class KeyWatcher:
 
 __all__ = [
     "KEY_PREFIX",
+    "KEY_PREFIXES",
     "KeyCache",
     "KeyRecord",
     "KeyStore",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -54,6 +55,8 @@ class KeySpec(BaseModel):
     rpm: int | None = Field(None, ge=1, le=MAX_RPM, strict=True)
     models: list[str] | None = None
     expires_at: str | float | None = None
+    # "tml-" makes a key the official Tinker SDK accepts (it refuses any other prefix)
+    prefix: Literal["hg-", "tml-"] = "hg-"
 
     @field_validator("expires_at", mode="before")
     @classmethod

@@ -23,6 +23,7 @@ KINDS: dict[str, str] = {
     "fal": "hybridgate.backends.fal:FalBackend",
     "comfyui": "hybridgate.backends.comfyui:ComfyUIBackend",
     "mockgen": "hybridgate.backends.mockgen:MockGenBackend",
+    "lora": "hybridgate.training._serve:AdapterBackend",
 }
 
 

@@ -41,6 +41,9 @@ def keys_create(
     expires: Annotated[
         str | None, typer.Option("--expires", help="Expiry: 2025-12-31 (00:00 UTC), a datetime, or 30d.")
     ] = None,
+    tinker: Annotated[
+        bool, typer.Option("--tinker", help="Prefix the key with tml-, as the official Tinker SDK requires.")
+    ] = False,
     config: ConfigOpt = None,
     output: OutputOpt = "table",
 ) -> None:
@@ -55,6 +58,7 @@ def keys_create(
                 "rpm": rpm,
                 "expires_at": expires,
                 "models": models.split(",") if models is not None else None,
+                "prefix": "tml-" if tinker else "hg-",
             }
         )
         spec.check_models(cfg.public_models())

@@ -291,6 +291,8 @@ class Config(_Strict):
     database: str = "sqlite:///./.hybridgate/hybridgate.db"
     storage: StorageConfig = StorageConfig()
     jobs: JobsConfig = JobsConfig()
+    # The training API (hybridgate.training.TrainingConfig validates it when the gateway is built).
+    training: dict[str, Any] = Field(default_factory=dict)
     # Where the config came from, for messages; not part of the file.
     source: str = Field("<embedded default>", exclude=True)
 

@@ -29,6 +29,8 @@ from hybridgate.api.control import (
     models,
     pods,
     root,
+    tinker,
+    training,
     usage,
 )
 from hybridgate.auth import KeyStore
@@ -92,7 +94,7 @@ def build(gw: Gateway) -> FastAPI:
     )
     known = (
         "/v1/chat/completions, /v1/completions, /v1/models, /v1/usage, /v1/jobs, /v1/images/generations, "
-        "/v1/loras, /v1/files, /health, /admin/keys"
+        "/v1/loras, /v1/files, /v1/training/runs, /tinker/api/v1, /health, /admin/keys"
     )
     _errors.install(app, known)
     principal = _deps.caller(gw.auth)
@@ -116,6 +118,8 @@ def build(gw: Gateway) -> FastAPI:
     app.include_router(
         loras.router(lambda: gw.jobs or jobs.not_enabled(), principal), responses=_deps.UNAUTHENTICATED
     )
+    app.include_router(tinker.router(gw.auth, gw.training_service))
+    app.include_router(training.router(gw, principal), responses=_deps.UNAUTHENTICATED)
     anchor = _HotAnchor(gw)
     for path in HOT:
         app.router.routes.append(Route(path, anchor, methods=["POST"], include_in_schema=False))

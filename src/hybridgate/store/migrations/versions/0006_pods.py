@@ -1,7 +1,7 @@
 """Pod pools: the lease row that makes one gateway process the owner of a pool's decisions.
 
 Revision ID: 0006
-Revises: 0004 (the jobs tables; this revision was written against 0003 and chained after 0004 when issue 14 landed)
+Revises: 0005 (the training tables)
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
-down_revision = "0004"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 

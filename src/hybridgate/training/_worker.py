@@ -1,0 +1,268 @@
+"""Worker processes: one per base model, running its `Engine` commands one at a time, in order sent.
+
+The gateway side (`Worker`) never blocks its event loop: commands are pickled and written by a sender
+thread, answers are read by a reader thread and handed to asyncio futures. If the gateway dies (even by
+kill -9) the worker notices its parent is gone and exits; if the worker dies, every command waiting on it
+fails with a server error naming the exit code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import multiprocessing
+import os
+import queue
+import threading
+import time
+import traceback
+from collections.abc import AsyncIterator
+from multiprocessing.connection import Connection
+from typing import Any
+
+log = logging.getLogger("hybridgate.training")
+
+
+class WorkerError(Exception):
+    """A command failed: `category` is "user" (the request is wrong) or "server" (the worker failed)."""
+
+    def __init__(self, message: str, category: str = "server") -> None:
+        super().__init__(message)
+        self.message = message
+        self.category = category
+
+
+def _watch_parent(parent: int) -> None:
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent:
+            os._exit(0)  # the gateway is gone; nobody will read our answers
+
+
+def worker_main(
+    conn: Connection,
+    parent: int,
+    model: str,
+    path: str,
+    device: str,
+    root: str,
+    threads: int,
+    cache: str | None,
+) -> None:
+    """The worker process: load the model, then serve commands until told to stop or the pipe closes."""
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    from hybridgate.training._checkpoints import CheckpointFiles
+    from hybridgate.training._engine import Engine, UserError
+
+    try:
+        engine = Engine(model, path, device, CheckpointFiles(root), threads, cache)
+    except ImportError as e:
+        conn.send(
+            (
+                0,
+                "fatal",
+                f"training needs torch, peft and transformers ({e}): pip install 'hybridgate[training]'",
+            )
+        )
+        return
+    except Exception as e:
+        conn.send((0, "fatal", f"cannot load base model {model} from {path}: {type(e).__name__}: {e}"))
+        return
+    conn.send((0, "ready", engine.info()))
+    while True:
+        try:
+            rid, op, args = conn.recv()
+        except (EOFError, OSError):
+            return
+        if op == "stop":
+            return
+        try:
+            if op == "stream_text":
+                for part in engine.stream_text(**args):
+                    conn.send((rid, "part", part))
+                conn.send((rid, "ok", None))
+            else:
+                conn.send((rid, "ok", getattr(engine, op)(**args)))
+        except UserError as e:
+            conn.send((rid, "error", "user", str(e)))
+        except Exception as e:
+            traceback.print_exc()
+            conn.send((rid, "error", "server", f"{op} failed: {type(e).__name__}: {e}"))
+
+
+class _Pending:
+    __slots__ = ("future", "parts")
+
+    def __init__(self, future: asyncio.Future[Any], parts: asyncio.Queue[Any] | None) -> None:
+        self.future = future
+        self.parts = parts
+
+
+class Worker:
+    """The gateway's handle on one worker process."""
+
+    def __init__(
+        self, model: str, path: str, device: str, root: str, threads: int = 0, cache: str | None = None
+    ) -> None:
+        self.model, self.path, self.device, self.root, self.threads = model, path, device, root, threads
+        self.cache = cache
+        self.info: dict[str, Any] = {}
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+        self._out: queue.Queue[Any] = queue.Queue()
+        self._proc: Any = None
+        self._conn: Connection | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready: asyncio.Future[dict[str, Any]] | None = None
+        self.dead: str | None = None
+
+    async def start(self, timeout_s: float = 900.0) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        ours, theirs = ctx.Pipe()
+        self._loop = asyncio.get_running_loop()
+        self._ready = self._loop.create_future()
+        self._proc = ctx.Process(
+            target=worker_main,
+            args=(
+                theirs,
+                os.getpid(),
+                self.model,
+                self.path,
+                self.device,
+                self.root,
+                self.threads,
+                self.cache,
+            ),
+            name=f"hybridgate-train-{self.model}",
+            daemon=True,
+        )
+        self._proc.start()
+        theirs.close()
+        self._conn = ours
+        threading.Thread(target=self._read, name=f"train-read-{self.model}", daemon=True).start()
+        threading.Thread(target=self._write, name=f"train-write-{self.model}", daemon=True).start()
+        async with asyncio.timeout(timeout_s):
+            self.info = await self._ready
+
+    @property
+    def alive(self) -> bool:
+        return self.dead is None and self._proc is not None and self._proc.is_alive()
+
+    def submit(self, op: str, **args: Any) -> asyncio.Future[Any]:
+        """Queue a command now (this fixes its place in the order); its answer arrives in the future."""
+        assert self._loop is not None
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        if self.dead is not None:
+            fut.set_exception(WorkerError(self.dead))
+            return fut
+        rid = next(self._ids)
+        self._pending[rid] = _Pending(fut, None)
+        self._out.put((rid, op, args))
+        return fut
+
+    async def call(self, op: str, **args: Any) -> Any:
+        return await self.submit(op, **args)
+
+    async def stream(self, op: str, **args: Any) -> AsyncIterator[Any]:
+        assert self._loop is not None
+        if self.dead is not None:
+            raise WorkerError(self.dead)
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        parts: asyncio.Queue[Any] = asyncio.Queue()
+        rid = next(self._ids)
+        self._pending[rid] = _Pending(fut, parts)
+        self._out.put((rid, op, args))
+        while True:
+            getter = asyncio.ensure_future(parts.get())
+            done, _ = await asyncio.wait({getter, fut}, return_when=asyncio.FIRST_COMPLETED)
+            if getter in done:
+                yield getter.result()
+                continue
+            getter.cancel()
+            while not parts.empty():
+                yield parts.get_nowait()
+            fut.result()  # raises the worker's error, if any
+            return
+
+    def _write(self) -> None:
+        while True:
+            item = self._out.get()
+            if item is None or self._conn is None:
+                return
+            try:
+                self._conn.send(item)
+            except (OSError, ValueError):
+                return
+
+    def _read(self) -> None:
+        assert self._conn is not None and self._loop is not None
+        while True:
+            try:
+                msg = self._conn.recv()
+            except (EOFError, OSError):
+                break
+            try:
+                self._loop.call_soon_threadsafe(self._dispatch, msg)
+            except RuntimeError:  # the loop is closed
+                return
+        code = self._proc.exitcode if self._proc is not None else None
+        try:
+            self._loop.call_soon_threadsafe(self._died, code)
+        except RuntimeError:
+            pass
+
+    def _dispatch(self, msg: tuple[Any, ...]) -> None:
+        rid, kind = msg[0], msg[1]
+        if rid == 0:
+            if self._ready is not None and not self._ready.done():
+                if kind == "ready":
+                    self._ready.set_result(msg[2])
+                else:
+                    self.dead = msg[2]
+                    self._ready.set_exception(WorkerError(msg[2]))
+            return
+        p = self._pending.get(rid)
+        if p is None:
+            return
+        if kind == "part":
+            if p.parts is not None:
+                p.parts.put_nowait(msg[2])
+            return
+        del self._pending[rid]
+        if p.future.done():
+            return
+        if kind == "ok":
+            p.future.set_result(msg[2])
+        else:
+            p.future.set_exception(WorkerError(msg[3], msg[2]))
+
+    def _died(self, code: int | None) -> None:
+        if self.dead is None:
+            self.dead = (
+                f"the training worker for {self.model} exited (code {code}); its unsaved state is lost"
+            )
+            if code not in (0, None):
+                log.error("%s", self.dead)
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_exception(WorkerError(self.dead))
+        for p in self._pending.values():
+            if not p.future.done():
+                p.future.set_exception(WorkerError(self.dead))
+        self._pending.clear()
+
+    async def close(self, timeout_s: float = 10.0) -> None:
+        if self._proc is None:
+            return
+        self._out.put((0, "stop", {}))
+        self._out.put(None)
+        # Joined in a thread: the worker may be finishing a step before it reads "stop".
+        await asyncio.to_thread(self._proc.join, timeout_s)
+        if self._proc.is_alive():
+            self._proc.kill()
+            await asyncio.to_thread(self._proc.join, 5)
+        if self._conn is not None:
+            self._conn.close()
+
+
+__all__ = ["Worker", "WorkerError", "worker_main"]
