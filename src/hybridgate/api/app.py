@@ -107,6 +107,7 @@ class Gateway:
         if self._signer is None:
             self._signer = open_signer(self.config.storage, self.config.database)
         return self._signer
+
     def training_service(self) -> TrainingService:
         """The training API's service; a 404 naming the setting when the config turned it off."""
         if self.training is None:
