@@ -36,11 +36,26 @@ LONG = [{"role": "user", "content": "Describe how a gateway routes requests"}]
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     d = tmp_path_factory.mktemp("gemini")
-    gem = start_mock_gemini(api_key=KEY, model=["gemini-2.5-flash", "gemini-2.5-pro", "gemini-exp-1206"])
+    procs: list[Proc] = []
+    try:
+        yield from _env(d, procs)
+    finally:  # whatever started is stopped, even when a later start failed
+        for p in procs:
+            p.stop()
+
+
+def _env(d: Path, procs: list[Proc]) -> Iterator[dict[str, Any]]:
+    def started(p: Proc) -> Proc:
+        procs.append(p)
+        return p
+
+    gem = started(
+        start_mock_gemini(api_key=KEY, model=["gemini-2.5-flash", "gemini-2.5-pro", "gemini-exp-1206"])
+    )
     # Faults are switched on this one only, so the happy-path backend's health never depends on test order.
-    flaky = start_mock_gemini(api_key=KEY)
-    bad_key = start_mock_gemini(api_key="another-key")
-    fallback = start_mock_server(model=["fallback-model"])
+    flaky = started(start_mock_gemini(api_key=KEY))
+    bad_key = started(start_mock_gemini(api_key="another-key"))
+    fallback = started(start_mock_server(model=["fallback-model"]))
     database = sqlite_url(d)
     backends = [
         # Four lines make a Gemini backend; its price comes from the catalogue.
@@ -116,12 +131,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         },
     ]
     cfg = gateway_config(database, backends, d)
-    gw = start_gateway(cfg, env={"HYBRIDGATE_MASTER_KEY": MASTER})
+    gw = started(start_gateway(cfg, env={"HYBRIDGATE_MASTER_KEY": MASTER}))
     client = openai.OpenAI(base_url=gw.base_url, api_key=MASTER, max_retries=0)
     yield {"gw": gw, "flaky": flaky, "client": client, "database": database}
-    gw.stop()
-    for p in (gem, flaky, bad_key, fallback):
-        p.stop()
 
 
 @pytest.fixture
