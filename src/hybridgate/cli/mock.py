@@ -1,4 +1,5 @@
-"""`hybridgate mock-server` and `mock-gemini`: faithful mock API servers, for tests and demos."""
+"""`hybridgate mock-server`, `mock-gemini`, `mock-runpod`, `mock-fal` and `mock-comfyui`: faithful mock API
+servers, for tests and demos."""
 
 from __future__ import annotations
 
@@ -9,34 +10,45 @@ import typer
 from hybridgate.cli._common import fail, uvicorn_kwargs
 
 if TYPE_CHECKING:
+    from pydantic import ValidationError
+
     from hybridgate.backends.mock import MockBehaviour
+
+# The options several mocks share, declared once.
+Port = Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")]
+Host = Annotated[str, typer.Option(help="Address to bind.")]
+LatencyMs = Annotated[float, typer.Option(help="Delay before every answer (ms).")]
+TtftMs = Annotated[
+    float | None, typer.Option(help="Time to first token for streams (ms); default: --latency-ms.")
+]
+TokensPerS = Annotated[float, typer.Option(help="Generation speed; 0 means instant.")]
+FailRate = Annotated[float, typer.Option(help="Fraction of requests answered with --fail-status (0..1).")]
+StallMidStream = Annotated[
+    bool, typer.Option("--stall-mid-stream", help="Stop sending halfway, keep the connection open.")
+]
+Hang = Annotated[bool, typer.Option("--hang", help="Never answer (to test timeouts).")]
+Seed = Annotated[int, typer.Option(help="Seed of the failure-rate dice.")]
 
 
 def mock_server(
     # From 1: it says its URL before it binds, so "any free port" (0) would be a URL that is not its own
-    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 9100,
-    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
-    latency_ms: Annotated[float, typer.Option(help="Delay before every answer (ms).")] = 0.0,
-    ttft_ms: Annotated[
-        float | None, typer.Option(help="Time to first token for streams (ms); default: --latency-ms.")
-    ] = None,
-    tokens_per_s: Annotated[float, typer.Option(help="Generation speed; 0 means instant.")] = 0.0,
-    fail_rate: Annotated[
-        float, typer.Option(help="Fraction of requests answered with --fail-status (0..1).")
-    ] = 0.0,
+    port: Port = 9100,
+    host: Host = "127.0.0.1",
+    latency_ms: LatencyMs = 0.0,
+    ttft_ms: TtftMs = None,
+    tokens_per_s: TokensPerS = 0.0,
+    fail_rate: FailRate = 0.0,
     fail_status: Annotated[int, typer.Option(help="HTTP status of injected failures.")] = 500,
     drop_mid_stream: Annotated[
         bool, typer.Option("--drop-mid-stream", help="Cut streams halfway, without [DONE].")
     ] = False,
-    stall_mid_stream: Annotated[
-        bool, typer.Option("--stall-mid-stream", help="Stop sending halfway, keep the connection open.")
-    ] = False,
-    hang: Annotated[bool, typer.Option("--hang", help="Never answer (to test timeouts).")] = False,
+    stall_mid_stream: StallMidStream = False,
+    hang: Hang = False,
     model: Annotated[
         list[str] | None, typer.Option("--model", help="Model name to serve (repeatable); default: mock.")
     ] = None,
     api_key: Annotated[Optional[str], typer.Option(help="Require this bearer key on /v1 calls.")] = None,  # noqa: UP045
-    seed: Annotated[int, typer.Option(help="Seed of the failure-rate dice.")] = 0,
+    seed: Seed = 0,
 ) -> None:
     """Run the mock backend as an OpenAI-compatible HTTP server (free, deterministic, faults on demand)."""
     import uvicorn
@@ -90,30 +102,24 @@ def _behaviour(**settings: Any) -> MockBehaviour:
 
 
 def mock_gemini(
-    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 9200,
-    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
-    latency_ms: Annotated[float, typer.Option(help="Delay before every answer (ms).")] = 0.0,
-    ttft_ms: Annotated[
-        float | None, typer.Option(help="Time to first token for streams (ms); default: --latency-ms.")
-    ] = None,
-    tokens_per_s: Annotated[float, typer.Option(help="Generation speed; 0 means instant.")] = 0.0,
-    fail_rate: Annotated[
-        float, typer.Option(help="Fraction of requests answered with --fail-status (0..1).")
-    ] = 0.0,
+    port: Port = 9200,
+    host: Host = "127.0.0.1",
+    latency_ms: LatencyMs = 0.0,
+    ttft_ms: TtftMs = None,
+    tokens_per_s: TokensPerS = 0.0,
+    fail_rate: FailRate = 0.0,
     fail_status: Annotated[
         int, typer.Option(help="HTTP status of injected failures (503: 'The model is overloaded').")
     ] = 503,
     drop_mid_stream: Annotated[
         bool, typer.Option("--drop-mid-stream", help="Cut streams halfway (connection closed).")
     ] = False,
-    stall_mid_stream: Annotated[
-        bool, typer.Option("--stall-mid-stream", help="Stop sending halfway, keep the connection open.")
-    ] = False,
+    stall_mid_stream: StallMidStream = False,
     error_mid_stream: Annotated[
         bool,
         typer.Option("--error-mid-stream", help='Send an {"error": ...} event halfway through streams.'),
     ] = False,
-    hang: Annotated[bool, typer.Option("--hang", help="Never answer (to test timeouts).")] = False,
+    hang: Hang = False,
     model: Annotated[
         list[str] | None,
         typer.Option("--model", help="Model name to serve (repeatable); default: a few Gemini names."),
@@ -122,7 +128,7 @@ def mock_gemini(
         Optional[str],  # noqa: UP045
         typer.Option(help="Require this key (x-goog-api-key header or ?key=) on API calls."),
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the failure-rate dice.")] = 0,
+    seed: Seed = 0,
 ) -> None:
     """Run a faithful Gemini API server (generateContent, streaming, errors, safety blocks) for free tests."""
     import uvicorn
@@ -152,8 +158,8 @@ def mock_gemini(
 
 
 def mock_runpod(
-    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 9300,
-    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Port = 9300,
+    host: Host = "127.0.0.1",
     api_key: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(help="Require this bearer key (default: any non-empty key is accepted)."),
@@ -223,9 +229,9 @@ def mock_runpod(
 
 
 def mock_fal(
-    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 9200,
-    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
-    latency_ms: Annotated[float, typer.Option(help="Delay before every answer (ms).")] = 0.0,
+    port: Port = 9200,
+    host: Host = "127.0.0.1",
+    latency_ms: LatencyMs = 0.0,
     submit_delay_ms: Annotated[
         float, typer.Option(help="Extra delay of a submit's answer, after the job was created (ms).")
     ] = 0.0,
@@ -274,12 +280,7 @@ def mock_fal(
             seed=seed,
         )
     except ValidationError as e:
-        raise fail(
-            "; ".join(
-                f"--{'.'.join(str(p) for p in err['loc']).replace('_', '-')}: {err['msg']}"
-                for err in e.errors()
-            )
-        ) from None
+        raise _flag_errors(e) from None
     if key is not None and not key.strip():
         raise fail("--key: must not be empty (leave it out to accept any key)")
     url = f"http://{host}:{port}"
@@ -291,9 +292,9 @@ def mock_fal(
 
 
 def mock_comfyui(
-    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8188,
-    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
-    latency_ms: Annotated[float, typer.Option(help="Delay before every answer (ms).")] = 0.0,
+    port: Port = 8188,
+    host: Host = "127.0.0.1",
+    latency_ms: LatencyMs = 0.0,
     run_s: Annotated[float, typer.Option(help="Seconds the fake GPU spends on each workflow.")] = 0.3,
     fail_rate: Annotated[float, typer.Option(help="Fraction of workflows that fail (0..1).")] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed of the failure dice.")] = 0,
@@ -307,11 +308,15 @@ def mock_comfyui(
     try:
         options = ComfyMockOptions(latency_ms=latency_ms, run_s=run_s, fail_rate=fail_rate, seed=seed)
     except ValidationError as e:
-        raise fail(
-            "; ".join(
-                f"--{'.'.join(str(p) for p in err['loc']).replace('_', '-')}: {err['msg']}"
-                for err in e.errors()
-            )
-        ) from None
+        raise _flag_errors(e) from None
     typer.secho(f"hybridgate mock-comfyui: http://{host}:{port} (ComfyUI's API, real PNGs)", err=True)
     uvicorn.run(make_app(options), host=host, port=port, **uvicorn_kwargs())
+
+
+def _flag_errors(e: ValidationError) -> typer.Exit:
+    """A mock's options refused by pydantic, said as the flags the user typed (exit 3)."""
+    return fail(
+        "; ".join(
+            f"--{'.'.join(str(p) for p in err['loc']).replace('_', '-')}: {err['msg']}" for err in e.errors()
+        )
+    )
