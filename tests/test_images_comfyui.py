@@ -44,16 +44,24 @@ def comfy_backend(url: str) -> dict[str, Any]:
     }
 
 
-def start(tmp: Path, backends: list[dict[str, Any]]) -> GW:
+def start(tmp: Path, backends: list[dict[str, Any]], **jobs: Any) -> GW:
     port = free_port()
-    cfg = gw_config(tmp, backends, port)
+    cfg = gw_config(tmp, backends, port, **jobs)
     return GW(start_gateway(cfg, port=port, env={"HYBRIDGATE_MASTER_KEY": MASTER}, workdir=tmp))
 
 
 def test_comfyui_first_fal_when_comfyui_is_down(comfy: Proc, fal: Proc, tmp_path: Path) -> None:
     (tmp_path / "up").mkdir()
-    gw = start(tmp_path / "up", [comfy_backend(comfy.url), fal_backend(fal, priority=5)])
+    gw = start(tmp_path / "up", [comfy_backend(comfy.url), fal_backend(fal, priority=5)], time_bound_s=600)
     try:
+        # The worst case on the GPU is its price per hour times the job's time bound: $3.6/h x 600 s = $0.60
+        # (fal's 1 image + request is less); a key with $0.50 left is refused before ComfyUI sees anything.
+        before = httpx.get(comfy.url + "/_mock/stats").json()["submissions"]
+        poor = gw.key("poor", budget_usd=0.5)
+        refused = gw.job(poor, {**IMAGE, "input": {"prompt": "too dear", "n": 1}})
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "budget_exceeded"
+        assert "0.600000" in refused.json()["error"]["message"]
+        assert httpx.get(comfy.url + "/_mock/stats").json()["submissions"] == before
         client = openai.OpenAI(base_url=gw.proc.base_url, api_key=MASTER, max_retries=0)
         out = client.images.generate(
             model="flux-schnell", prompt="a castle", n=2, size="128x96", extra_body={"seed": 9}
@@ -61,7 +69,10 @@ def test_comfyui_first_fal_when_comfyui_is_down(comfy: Proc, fal: Proc, tmp_path
         assert out.data is not None and len(out.data) == 2
         assert httpx.get(out.data[1].url or "").content == media.png("a castle", 10, 128, 96)
         jobs = gw.http.get("/v1/jobs", headers=auth(MASTER)).json()["data"]
-        assert jobs[0]["backend"] == "gpu" and jobs[0]["cost_usd"] > 0  # GPU-seconds at $3.6/h
+        assert jobs[0]["backend"] == "gpu" and jobs[0]["cost_reserved_usd"] == pytest.approx(0.6)
+        # Settled from the GPU-seconds it ran (its wall time at ComfyUI, started to finished) at $3.6/h.
+        ran = jobs[0]["finished_at"] - jobs[0]["started_at"]
+        assert 0 < jobs[0]["cost_usd"] == pytest.approx(ran * 3.6 / 3600, rel=1e-6)
         assert httpx.get(comfy.url + "/_mock/stats").json()["jobs"][-1]["client_id"] == jobs[0]["id"]
     finally:
         gw.proc.stop()

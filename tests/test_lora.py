@@ -56,8 +56,12 @@ def fal() -> Iterator[Proc]:
     p.stop()
 
 
+# Images per image, LoRA training per step (as fal bills its trainer), both plus the request.
+PRICE = {"per_image": 0.01, "per_step": 0.002, "per_request": 0.001}
+
+
 def backend(fal: Proc) -> dict[str, Any]:
-    b = fal_backend(fal)
+    b = fal_backend(fal, price=PRICE)
     b["models"] = {**b["models"], "flux-lora": "fal-ai/flux-lora"}
     return b
 
@@ -108,8 +112,11 @@ def test_lora_from_a_video_then_from_images_then_used(gw: GW, fal: Proc, files: 
             },
         },
     ).json()
+    # Reserved before it was sent: 100 steps x $0.002 + the request; settled the same from the steps run.
+    assert v1["cost_reserved_usd"] == pytest.approx(0.201)
     done = gw.wait(alice, v1["id"], timeout=40)
     assert done["status"] == "succeeded", done
+    assert done["cost_usd"] == pytest.approx(0.201)
     by_role = {a["role"]: a for a in done["artifacts"]}
     prefix = f"loras/{alice_id}/holiday/v1/"
     assert by_role["lora_weights"]["key"] == prefix + "pytorch_lora_weights.safetensors"
@@ -145,6 +152,28 @@ def test_lora_from_a_video_then_from_images_then_used(gw: GW, fal: Proc, files: 
     assert [(x["name"], x["versions"], x["latest"]["version"]) for x in listed] == [("holiday", 2, 2)]
     versions = gw.http.get("/v1/loras/holiday", headers=auth(alice)).json()["versions"]
     assert [v["version"] for v in versions] == [1, 2] and [v["steps"] for v in versions] == [100, 200]
+    assert [v["cost_usd"] for v in versions] == [pytest.approx(0.201), pytest.approx(0.401)]
+    usage = gw.http.get("/v1/usage?group_by=operation", headers=auth(alice)).json()["data"]
+    assert next(r for r in usage if r["group"] == "lora_training")["cost_usd"] == pytest.approx(0.602)
+    # A training that does not fit the key's budget is refused before anything reaches the provider.
+    seen = httpx.get(fal.url + "/_mock/stats").json()
+    carol = gw.key("carol", budget_usd=0.5)
+    refused = gw.job(
+        carol,
+        {
+            "type": "lora_training",
+            "model": "trainer",
+            "input": {
+                "name": "pricey",
+                "image_urls": [f"{files}/img{i}.png" for i in range(4)],
+                "steps": 250,
+            },
+        },
+    )
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "budget_exceeded"
+    assert "0.501" in refused.json()["error"]["message"]  # 250 x $0.002 + $0.001
+    after = httpx.get(fal.url + "/_mock/stats").json()
+    assert after["submissions"] == seen["submissions"] and len(after["requests"]) == len(seen["requests"])
     assert versions[0]["weights"]["sha256"] == by_role["lora_weights"]["sha256"]
     scheme = "s3://" if gw.scheme == "s3" else "file://"  # type: ignore[attr-defined]
     assert (

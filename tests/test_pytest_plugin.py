@@ -533,3 +533,33 @@ def test_image_generations_count_against_the_cap_and_the_generation_mocks_are_fi
     )
     r = run(pytester, "--max-cost-usd", "0.03")
     r.assert_outcomes(passed=4)
+
+
+def test_a_gateways_per_step_training_price_reaches_the_meter() -> None:
+    """The plugin prices a gateway fixture's models from its config, a trainer's per-step price included, so
+    a LoRA job through a metered client reserves what the gateway reserves: steps x per_step + per_request."""
+    import httpx
+
+    from hybridgate.testing.pytest_plugin import _gateway_prices
+
+    cfg = {
+        "backends": [
+            {
+                "name": "fal",
+                "kind": "fal",
+                "api_key": "k",
+                "models": {"trainer": "fal-ai/flux-lora-fast-training"},
+                "price": {"per_step": 0.002, "per_request": 0.001},
+            }
+        ]
+    }
+    price = _gateway_prices(cfg, {})["trainer"]
+    assert price.per_step == 0.002 and price.per_request == 0.001
+    _, meter = _meter(1.0, {"trainer": price})
+    body = {"type": "lora_training", "model": "trainer", "input": {"name": "x", "steps": 300}}
+    req = httpx.Request("POST", "http://x/v1/jobs", json=body)
+    held = meter.open(req, req.read())
+    assert held is not None and held.amount == pytest.approx(0.601)
+    _, small = _meter(0.5, {"trainer": price})
+    with pytest.raises(BudgetExceeded):  # 300 steps at $0.002 cannot fit a $0.50 cap
+        small.open(req, req.read())

@@ -15,7 +15,7 @@ Config:
       api_key: ${FAL_KEY}
       base_url: https://queue.fal.run          # the queue host (the default)
       models: {flux-schnell: fal-ai/flux/schnell, lora-trainer: fal-ai/flux-lora-fast-training}
-      price: {per_image: 0.003, per_request: 0}
+      price: {per_image: 0.003, per_step: 0.002}   # images; LoRA training per step
       options: {rest_url: https://rest.fal.ai, cdn_url: https://v3.fal.media,
                 jwks_url: https://rest.alpha.fal.ai/.well-known/jwks.json}
 """
@@ -296,6 +296,9 @@ class FalBackend(GenerationBackend):
     ) -> Usage:
         if operation == Operation.IMAGE_GENERATION and result is not None:
             return Usage(images=len(result.get("images") or []), requests=1)
+        if operation == Operation.LORA_TRAINING and result is not None:
+            # fal bills a training by the steps it was asked to run (sent as `steps`; 1000 by default).
+            return Usage(training_steps=int(job_input.get("steps", 1000)), requests=1)
         return Usage(requests=1)
 
     async def download(self, url: str) -> AsyncIterator[bytes]:

@@ -40,7 +40,8 @@ class PriceConfig(_Strict):
     """What one call costs, as a sum over usage units; the ledger multiplies (`hybridgate.ledger.price`).
 
     Tokens per million, a dedicated GPU per hour of the call's wall time, requests, images, GPU-seconds
-    a backend reports (a pod or a training run, per hour), training tokens per million.
+    a backend reports (a pod or a training run, per hour), training tokens per million, and training
+    steps (a hosted LoRA trainer such as fal's bills by the steps asked for).
     """
 
     input_per_mtok: float = Field(0.0, ge=0)
@@ -50,6 +51,8 @@ class PriceConfig(_Strict):
     per_image: float = Field(0.0, ge=0)
     per_gpu_hour: float = Field(0.0, ge=0)
     training_per_mtok: float = Field(0.0, ge=0)
+    # Per training step of a LoRA training job (reserved as per_step x the job's steps before it is sent).
+    per_step: float = Field(0.0, ge=0)
     # Prompts over this many tokens are billed at the long_* prices instead (a long-context tier).
     long_context_tokens: int | None = Field(None, ge=1)
     long_input_per_mtok: float = Field(0.0, ge=0)
@@ -102,6 +105,7 @@ class PriceConfig(_Strict):
             or self.per_image
             or self.per_gpu_hour
             or self.training_per_mtok
+            or self.per_step
             or self.long_input_per_mtok
             or self.long_output_per_mtok
         )

@@ -32,6 +32,8 @@ def price_usage(price: PriceConfig, usage: Usage, seconds: float) -> float:
         cost += usage.gpu_seconds * price.per_gpu_hour / 3600.0
     if price.training_per_mtok:
         cost += usage.training_tokens * price.training_per_mtok / 1e6
+    if price.per_step:
+        cost += usage.training_steps * price.per_step
     return cost
 
 

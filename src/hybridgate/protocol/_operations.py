@@ -42,6 +42,8 @@ class Usage:
     gpu_seconds: float = 0.0
     training_tokens: int = 0
     requests: int = 1
+    # Training steps a LoRA training ran (priced per_step).
+    training_steps: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """OpenAI's `usage` object (tokens only: the other units are the ledger's, not the client's)."""

@@ -110,7 +110,7 @@ class ModelPrice:
         if (
             p.per_hour
             or p.per_gpu_hour
-            or not (p.input_per_mtok or p.output_per_mtok or p.per_request or p.per_image)
+            or not (p.input_per_mtok or p.output_per_mtok or p.per_request or p.per_image or p.per_step)
         ):
             return None
         # A long-context tier may apply to any call: the dearer rates bound it.
@@ -119,6 +119,7 @@ class ModelPrice:
             max(p.output_per_mtok, p.long_output_per_mtok),
             p.per_request,
             per_image=p.per_image,
+            per_step=p.per_step,
         )
 
 
