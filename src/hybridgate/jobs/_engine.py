@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from pydantic import ValidationError
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import and_, func, insert, or_, select, text, tuple_, update
 from sqlalchemy.exc import IntegrityError
 
 from hybridgate.backends import BackendConnectError, BackendError, BackendHTTPError
@@ -63,7 +63,7 @@ from hybridgate.store import api_keys, job_events, jobs, ledger, lora_versions, 
 
 if TYPE_CHECKING:
     from hybridgate.auth import Principal
-    from hybridgate.config import BackendConfig, JobsConfig
+    from hybridgate.config import BackendConfig, JobsConfig, PriceConfig
     from hybridgate.ledger import Ledger
     from hybridgate.router import BackendManager
     from hybridgate.storage import Signer, Storage
@@ -97,6 +97,17 @@ def _j(v: Any) -> str:
 
 def _l(v: str | None, default: Any = None) -> Any:
     return orjson.loads(v) if v else default
+
+
+def _prices_job(price: PriceConfig, job_type: str) -> bool:
+    """Whether `price` says what a job of this type costs (a trainer priced only per image does not)."""
+    if price.per_request or price.per_gpu_hour or price.per_hour:
+        return True
+    if job_type == "image_generation":
+        return bool(price.per_image)
+    if job_type == "lora_training":
+        return bool(price.per_step)
+    return False
 
 
 def new_job_id() -> str:
@@ -223,13 +234,21 @@ class JobEngine:
     def worst_case(
         self, backends: list[BackendConfig], job_type: str, job_input: dict[str, Any], model: str
     ) -> float:
-        """The most the job can cost on any of its candidate backends (reserved before it is accepted)."""
+        """The most the job can cost on any of its candidate backends (reserved before it is accepted):
+        per image x n, per training step x steps, per GPU-hour (and per hour) x jobs.time_bound_s, plus
+        the request."""
         n = int(job_input.get("n", 1)) if job_type == "image_generation" else 0
+        steps = int(job_input.get("steps", 0)) if job_type == "lora_training" else 0
         bound = self.config.time_bound_s
         worst = 0.0
         for b in backends:
             price = b.price_for(b.models[model])
-            u = Usage(images=n, gpu_seconds=bound if price.per_gpu_hour else 0.0, requests=1)
+            u = Usage(
+                images=n,
+                gpu_seconds=bound if price.per_gpu_hour else 0.0,
+                requests=1,
+                training_steps=steps,
+            )
             worst = max(worst, price_usage(price, u, bound if price.per_hour else 0.0))
         return worst
 
@@ -267,7 +286,7 @@ class JobEngine:
                 return self._same_or_conflict(existing, body, job_input)
         cost = self.worst_case(backends, body.type, job_input, body.model)
         job_id = new_job_id()
-        rid = self._reserve(p, backends, cost, job_id, body.model)
+        rid = self._reserve(p, backends, cost, job_id, body.model, body.type)
         now = time.time()
         row = {
             "id": job_id,
@@ -307,17 +326,25 @@ class JobEngine:
         return await self.get(p, job_id)
 
     def _reserve(
-        self, p: Principal, backends: list[BackendConfig], cost: float, job_id: str, model: str
+        self,
+        p: Principal,
+        backends: list[BackendConfig],
+        cost: float,
+        job_id: str,
+        model: str,
+        job_type: str,
     ) -> int | None:
         if p.key_id is None or p.budget_usd is None:
             return None
         prices = [(b.name, b.price_for(b.models[model])) for b in backends]
-        unpriced = [name for name, price in prices if price.is_zero and not price.free]
+        unpriced = [name for name, price in prices if not price.free and not _prices_job(price, job_type)]
         if unpriced:
+            unit = {"image_generation": "per_image, ", "lora_training": "per_step, "}.get(job_type, "")
             raise PermissionDeniedError(
-                f"Backend(s) {', '.join(unpriced)} have no price in the configuration, so what this job "
-                f"costs is unknown; API key '{p.name}' has a budget and may only use priced backends or ones "
-                "marked `price: {free: true}`.",
+                f"Backend(s) {', '.join(unpriced)} have no price for {job_type} in the configuration "
+                f"({unit}per_request, per_gpu_hour or per_hour), so what this job costs is unknown; API key "
+                f"'{p.name}' has a budget and may only use priced backends or ones marked "
+                "`price: {free: true}`.",
                 param="model",
                 code="unknown_cost",
             )
@@ -685,50 +712,154 @@ class JobEngine:
             return
         now = time.time()
         live = or_(jobs.c.lease_expires.is_(None), jobs.c.lease_expires < now)
+        held = jobs.alias("held")
+        # Keys at their limit and models whose every backend is at its cap are left out of the page, so
+        # their waiting jobs neither bounce through a worker nor hide other keys' jobs behind them.
+        saturated = (
+            select(held.c.key_id)
+            .where(held.c.key_id.is_not(None), held.c.lease_expires >= now)
+            .group_by(held.c.key_id)
+            .having(func.count() >= self.config.max_per_key)
+        )
+        q = select(jobs.c.id, jobs.c.key_id).where(
+            jobs.c.status.in_(("queued", "running")),
+            jobs.c.next_run_at <= now,
+            live,
+            or_(jobs.c.key_id.is_(None), jobs.c.key_id.not_in(saturated)),
+        )
+        blocked = await self._full_models()
+        if blocked:
+            q = q.where(or_(jobs.c.step != "submit", tuple_(jobs.c.model, jobs.c.type).not_in(blocked)))
         async with self.store.engine.connect() as conn:
-            due = (
-                await conn.execute(
-                    select(jobs.c.id, jobs.c.key_id)
-                    .where(jobs.c.status.in_(("queued", "running")), jobs.c.next_run_at <= now, live)
-                    .order_by(jobs.c.next_run_at)
-                    .limit(free * 4)
-                )
-            ).all()
-            if not due:
-                return
-            keys = {r.key_id for r in due if r.key_id is not None}
-            busy: dict[str, int] = {}
-            if keys:
-                busy = dict(
-                    (
-                        await conn.execute(
-                            select(jobs.c.key_id, func.count())
-                            .where(jobs.c.key_id.in_(keys), jobs.c.lease_expires >= now)
-                            .group_by(jobs.c.key_id)
-                        )
-                    ).all()
-                )
+            due = (await conn.execute(q.order_by(jobs.c.next_run_at).limit(free * 4))).all()
         for r in due:
             if free <= 0:
                 break
             if r.id in self._running:
                 continue
-            if r.key_id is not None and busy.get(r.key_id, 0) >= self.config.max_per_key:
-                continue
-            async with self.store.engine.begin() as conn:
-                got = await conn.execute(
-                    update(jobs)
-                    .where(jobs.c.id == r.id, jobs.c.status.in_(("queued", "running")), live)
-                    .values(lease_owner=self.owner, lease_expires=now + self.config.lease_s)
-                )
-            if got.rowcount != 1:
-                continue  # another process was faster
-            if r.key_id is not None:
-                busy[r.key_id] = busy.get(r.key_id, 0) + 1
+            if not await self._try_claim(r.id, r.key_id, now):
+                continue  # another process was faster, or the key reached its limit meanwhile
             free -= 1
             wake = asyncio.Event()
             task = asyncio.create_task(self._run(r.id, wake), name=f"job:{r.id}")
             self._running[r.id] = _Running(task, wake)
+
+    async def _lock(self, conn: Any, kind: str, name: str) -> None:
+        """On PostgreSQL, a transaction-scoped advisory lock on (kind, name): a count and the UPDATE it
+        guards, made by two processes at once, run one after the other (READ COMMITTED gives the second
+        UPDATE a snapshot that sees the first one's commit). SQLite runs every write one at a time anyway,
+        and a single UPDATE with its count in a subquery is atomic there."""
+        if self.store.dialect == "postgresql":
+            digest = hashlib.blake2b(f"hybridgate:jobs:{kind}:{name}".encode(), digest_size=8).digest()
+            await conn.execute(
+                text("SELECT pg_advisory_xact_lock(:id)"), {"id": int.from_bytes(digest, "big", signed=True)}
+            )
+
+    async def _try_claim(self, job_id: str, key_id: str | None, now: float) -> bool:
+        """Take the job's lease, in one conditional UPDATE that also checks the key's limit (the count of
+        its live leases), so two processes claiming at the same instant cannot exceed it."""
+        live = or_(jobs.c.lease_expires.is_(None), jobs.c.lease_expires < now)
+        q = update(jobs).where(jobs.c.id == job_id, jobs.c.status.in_(("queued", "running")), live)
+        if key_id is not None:
+            held = jobs.alias("held")
+            count = (
+                select(func.count())
+                .select_from(held)
+                .where(held.c.key_id == key_id, held.c.lease_expires >= now)
+                .scalar_subquery()
+            )
+            q = q.where(count < self.config.max_per_key)
+        async with self.store.engine.begin() as conn:
+            if key_id is not None:
+                await self._lock(conn, "key", key_id)
+            got = await conn.execute(
+                q.values(lease_owner=self.owner, lease_expires=now + self.config.lease_s)
+            )
+        return bool(got.rowcount == 1)
+
+    @staticmethod
+    def _at_backend(name: str) -> Any:
+        """How many jobs hold a slot of backend `name`: sent or being sent to it and not yet seen done
+        there (steps submit and wait). Counted in the database, so every process sees every job."""
+        held = jobs.alias("at_backend")
+        return (
+            select(func.count())
+            .select_from(held)
+            .where(
+                held.c.backend == name,
+                held.c.submit_sent_at.is_not(None),
+                held.c.status.in_(("queued", "running")),
+                held.c.step.in_(("submit", "wait")),
+            )
+            .scalar_subquery()
+        )
+
+    async def _backend_load(self) -> dict[str, int]:
+        async with self.store.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(jobs.c.backend, func.count())
+                    .where(
+                        jobs.c.backend.is_not(None),
+                        jobs.c.submit_sent_at.is_not(None),
+                        jobs.c.status.in_(("queued", "running")),
+                        jobs.c.step.in_(("submit", "wait")),
+                    )
+                    .group_by(jobs.c.backend)
+                )
+            ).all()
+        return {r[0]: int(r[1]) for r in rows}
+
+    async def _full_models(self) -> list[tuple[str, str]]:
+        """(model, job type) pairs whose every routable backend is at its concurrency cap now."""
+        capped = [
+            st
+            for st in self.manager.states.values()
+            if isinstance(st.backend, GenerationBackend) and st.backend.config.concurrency is not None
+        ]
+        if not capped:
+            return []
+        load = await self._backend_load()
+        full = {
+            st.name
+            for st in capped
+            if load.get(st.name, 0) >= st.backend.config.concurrency.max  # type: ignore[union-attr]
+        }
+        if not full:
+            return []
+        out = []
+        models = {m for st in capped if st.name in full for m in st.backend.config.models}
+        for model in sorted(models):
+            for job_type, op in OPERATIONS.items():
+                try:
+                    plan, _ = self.manager.plan(Call(endpoint=op, body={}, model=model))
+                except GatewayError:
+                    continue
+                gen = [st for st in plan if isinstance(st.backend, GenerationBackend)]
+                if gen and all(st.name in full for st in gen):
+                    out.append((model, job_type))
+        return out
+
+    async def _take_slot(self, job_id: str, b: GenerationBackend, model: str) -> bool:
+        """Record that the job is being sent to `b` (submit_sent_at), in one conditional UPDATE that also
+        checks `b`'s concurrency cap against every process's jobs; False when `b` is full."""
+        q = update(jobs).where(jobs.c.id == job_id, jobs.c.lease_owner == self.owner)
+        cap = b.config.concurrency
+        if cap is not None:
+            q = q.where(self._at_backend(b.name) < cap.max)
+        now = time.time()
+        async with self.store.engine.begin() as conn:
+            if cap is not None:
+                await self._lock(conn, "backend", b.name)
+            res = await conn.execute(
+                q.values(backend=b.name, backend_model=model, submit_sent_at=now, updated_at=now)
+            )
+            if res.rowcount == 1:
+                return True
+            owner = (await conn.execute(select(jobs.c.lease_owner).where(jobs.c.id == job_id))).scalar()
+        if owner != self.owner:
+            raise LeaseLost(job_id)
+        return False
 
     async def _update(
         self, job_id: str, event: tuple[str, dict[str, Any]] | None = None, **values: Any
@@ -801,7 +932,8 @@ class JobEngine:
                 return
             try:
                 if row.step == "submit":
-                    await self._submit(row)
+                    if not await self._submit(row):
+                        return  # waiting for a backend's slot: the lease goes back, claimed again later
                 elif row.step == "wait":
                     await self._wait(row, wake)
                 elif row.step == "mirror":
@@ -853,7 +985,9 @@ class JobEngine:
             raise _Fail("backend_gone", f"Backend '{name}' is no longer configured; the job cannot go on.")
         return st.backend
 
-    async def _submit(self, row: Any) -> None:
+    async def _submit(self, row: Any) -> bool:
+        """Send the job to the first backend of its plan that takes it; False when every one that could is
+        at its concurrency cap (the job then waits, queued)."""
         if row.cancel_requested:
             raise _Cancelled
         if row.submit_sent_at is not None and row.provider_request_id is None:
@@ -869,12 +1003,19 @@ class JobEngine:
         plan, skipped = self.manager.plan(Call(endpoint=op, body={}, model=row.model))
         job_input = _l(row.input, {})
         errors = [f"{a.backend}: {a.error}" for a in skipped]
+        full: list[str] = []
         archive = await self._training_archive(row, job_input) if op == "lora_training" else None
+        load = await self._backend_load() if any(st.backend.config.concurrency for st in plan) else {}
         for st in plan:
             b = st.backend
             if not isinstance(b, GenerationBackend):
                 continue
             model = b.config.models[row.model]
+            cap = b.config.concurrency
+            if cap is not None and load.get(b.name, 0) >= cap.max:
+                # Busy is not unhealthy: skipped for the next backend, as a chat call is (before any upload).
+                full.append(f"{b.name} ({load[b.name]} of {cap.max} jobs)")
+                continue
             if archive is not None:
                 try:  # the provider's own storage: where its trainer reads the zip from
                     job_input["images_data_url"] = await b.upload(archive, "application/zip", "training.zip")
@@ -892,7 +1033,9 @@ class JobEngine:
                 arguments = b.provider_input(op, model, job_input)
             except ValueError as e:
                 raise _Fail("invalid_input", f"Backend '{b.name}' cannot run this input: {e}") from None
-            await self._update(row.id, backend=b.name, backend_model=model, submit_sent_at=time.time())
+            if not await self._take_slot(row.id, b, model):  # filled up meanwhile (another worker or process)
+                full.append(f"{b.name} (at its cap of {cap.max if cap else 0} jobs)")
+                continue
             hook = self._provider_hook_url(b.name)
             t0 = time.perf_counter()
             try:
@@ -934,7 +1077,19 @@ class JobEngine:
                 started_at=now,
                 attempts=0,
             )
-            return
+            return True
+        if full:
+            # Every backend that could take it is at its concurrency cap: the job waits, queued (no try is
+            # used up); the claim loop leaves it alone until a slot frees (`_full_models`).
+            provider = _l(row.provider, {})
+            first = not provider.get("waiting_for")
+            await self._update(
+                row.id,
+                event=("waiting", {"reason": "backends_at_capacity", "backends": full}) if first else None,
+                provider=_j({**provider, "waiting_for": full}),
+                next_run_at=time.time() + self.config.claim_interval_s,
+            )
+            return False
         raise _Retry("no backend accepted the job: " + ("; ".join(errors) or "none is available"))
 
     async def _training_archive(self, row: Any, job_input: dict[str, Any]) -> bytes | None:
@@ -1050,6 +1205,7 @@ class JobEngine:
                         progress=1.0,
                         provider=_j({**_l(fresh.provider, {}), "metrics": st.metrics}),
                     )
+                    self._wake.set()  # its backend slot is free: a job waiting for one may go now
                     return
                 if st.state == "cancelled":
                     raise _Cancelled

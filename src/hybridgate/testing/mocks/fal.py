@@ -21,7 +21,8 @@ and seed), text-to-video (`fal-ai/ltx-video`: a short real MP4) and the LoRA tra
 Faults (flags, or `POST /_mock/config` while running): latency, slow submit (the job is created before the
 delay, as a real server would, so a client that times out and re-sends makes a second job), submit
 failures, job failures, queue and run time, result expiry, bad or duplicated webhook signatures.
-`GET /_mock/stats` says what it saw (submissions per app, each request's state, webhooks sent).
+`GET /_mock/stats` says what it saw (submissions per app, each request's state and when it was submitted and
+ended, webhooks sent).
 """
 
 from __future__ import annotations
@@ -104,6 +105,7 @@ class _Req:
     size: int = 0
     webhooks_sent: int = 0
     logs: list[dict[str, Any]] = field(default_factory=list)
+    created_wall: float = field(default_factory=time.time)
 
     @property
     def model(self) -> str:
@@ -605,6 +607,12 @@ class FalMock:
                         "failed": r.error is not None,
                         "webhooks_sent": r.webhooks_sent,
                         "input": r.input,
+                        # Wall-clock times (time.time()) it was created and ended (completed, failed or
+                        # cancelled; null while in the queue or running): how many ran at once.
+                        "submitted_at": r.created_wall,
+                        "ended_at": (
+                            r.created_wall + (r.done_at - r.created) if r.done_at is not None else None
+                        ),
                     }
                     for r in self.requests.values()
                 ],
