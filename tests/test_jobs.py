@@ -157,8 +157,38 @@ IMAGE = {
 }
 
 
-def test_image_job_end_to_end(start: Any, fal: Proc) -> None:
-    gw = start([fal_backend(fal)])
+@pytest.fixture(scope="module")
+def shared(fal: Proc, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GW]:
+    """One gateway for every test that needs no restart or special process: starting one costs seconds.
+
+    Its backends: `fal` (flux-schnell, trainer, video, flux-fallback); `dead` (nothing listens) ranked first
+    for flux-fallback; `near` (cap 2) and `far` (cap 1) for flux-capped. One job per key at a time, and a
+    provider poll of 30 s, so a job ends quickly only through fal's webhook (mock-fal sends them)."""
+    tmp = tmp_path_factory.mktemp("shared")
+    port = free_port()
+    main = fal_backend(fal)
+    main["models"] = {**main["models"], "flux-fallback": "fal-ai/flux/schnell"}
+    dead = fal_backend(fal, name="dead", base_url=f"http://127.0.0.1:{free_port()}", priority=1)
+    dead["models"] = {"flux-fallback": "fal-ai/flux/schnell"}
+    capped = [
+        {
+            **fal_backend(fal, name=name, priority=prio, concurrency={"max": cap}),
+            "models": {"flux-capped": "fal-ai/flux/schnell"},
+        }
+        for name, prio, cap in (("near", 1, 2), ("far", 5, 1))
+    ]
+    p = start_gateway(
+        gw_config(tmp, [main, dead, *capped], port, max_per_key=1, provider_poll_s=30, workers=8),
+        port=port,
+        env={"HYBRIDGATE_MASTER_KEY": MASTER},
+        workdir=tmp,
+    )
+    yield GW(p)
+    p.stop()
+
+
+def test_image_job_end_to_end(shared: GW, fal: Proc) -> None:
+    gw = shared
     alice, bob = gw.key("alice", budget_usd=1.0), gw.key("bob")
     first = gw.job(alice, IMAGE, **{"Idempotency-Key": "abc"})
     assert first.status_code == 200, first.text
@@ -205,8 +235,8 @@ def test_image_job_end_to_end(start: Any, fal: Proc) -> None:
     assert [line for line in tail.splitlines() if line.startswith("event: ")] == ["event: succeeded"]
 
 
-def test_pagination(start: Any, fal: Proc) -> None:
-    gw = start([fal_backend(fal)])
+def test_pagination(shared: GW) -> None:
+    gw = shared
     k = gw.key("pager")
     ids = [gw.job(k, {**IMAGE, "input": {"prompt": f"p{i}"}}).json()["id"] for i in range(5)]
     page1 = gw.http.get("/v1/jobs?limit=2", headers=auth(k)).json()
@@ -270,20 +300,6 @@ def test_bad_job_requests_are_clear(shared: GW, body: dict[str, Any], status: in
     assert err["param"] == param and err["message"]
 
 
-@pytest.fixture(scope="module")
-def shared(fal: Proc, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GW]:
-    tmp = tmp_path_factory.mktemp("shared")
-    port = free_port()
-    p = start_gateway(
-        gw_config(tmp, [fal_backend(fal)], port),
-        port=port,
-        env={"HYBRIDGATE_MASTER_KEY": MASTER},
-        workdir=tmp,
-    )
-    yield GW(p)
-    p.stop()
-
-
 def test_bad_queries_and_ids(shared: GW) -> None:
     gw = shared
     h = auth(MASTER)
@@ -318,9 +334,9 @@ def test_bad_queries_and_ids(shared: GW) -> None:
         assert p in paths, p
 
 
-def test_cancel_at_the_provider(start: Any, fal: Proc) -> None:
+def test_cancel_at_the_provider(shared: GW, fal: Proc) -> None:
     set_fal(fal, queue_s=30)
-    gw = start([fal_backend(fal)])
+    gw = shared
     k = gw.key("canceller")
     job = gw.job(k, {**IMAGE, "input": {"prompt": "cancel me"}}).json()
     running = gw.wait(k, job["id"], status=("running",))
@@ -335,11 +351,12 @@ def test_cancel_at_the_provider(start: Any, fal: Proc) -> None:
     assert gw.http.post(f"/v1/jobs/{job['id']}/cancel", headers=auth(k)).json()["status"] == "cancelled"
 
 
-def test_provider_failure_and_fallback(start: Any, fal: Proc) -> None:
-    dead = fal_backend(fal, name="dead", base_url=f"http://127.0.0.1:{free_port()}", priority=1)
-    gw = start([dead, fal_backend(fal, priority=5)])
+def test_provider_failure_and_fallback(shared: GW, fal: Proc) -> None:
+    gw = shared  # flux-fallback: `dead` (nothing listens there) first, then `fal`
     k = gw.key("fallback")
-    done = gw.wait(k, gw.job(k, {**IMAGE, "input": {"prompt": "fall back"}}).json()["id"])
+    done = gw.wait(
+        k, gw.job(k, {**IMAGE, "model": "flux-fallback", "input": {"prompt": "fall back"}}).json()["id"]
+    )
     assert done["status"] == "succeeded" and done["backend"] == "fal"
     with gw.http.stream("GET", f"/v1/jobs/{done['id']}/events", headers=auth(k)) as r:
         assert "event: fallback" in r.read().decode()
@@ -349,9 +366,9 @@ def test_provider_failure_and_fallback(start: Any, fal: Proc) -> None:
     assert "runner_disconnected" in failed["error"]["message"]
 
 
-def test_provider_webhooks_wake_the_job_and_forged_ones_change_nothing(start: Any, fal: Proc) -> None:
+def test_provider_webhooks_wake_the_job_and_forged_ones_change_nothing(shared: GW, fal: Proc) -> None:
     set_fal(fal, duplicate_webhooks=True)
-    gw = start([fal_backend(fal)], provider_poll_s=30)  # only the webhook can make it quick
+    gw = shared  # provider_poll_s=30: only the webhook can make it quick
     k = gw.key("hooks")
     t0 = time.monotonic()
     done = gw.wait(k, gw.job(k, {**IMAGE, "input": {"prompt": "hooked"}}).json()["id"], timeout=15)
@@ -372,8 +389,8 @@ def test_provider_webhooks_wake_the_job_and_forged_ones_change_nothing(start: An
     assert unknown.status_code == 404
 
 
-def test_concurrent_jobs_never_overspend_a_small_budget(start: Any, fal: Proc) -> None:
-    gw = start([fal_backend(fal)])
+def test_concurrent_jobs_never_overspend_a_small_budget(shared: GW) -> None:
+    gw = shared
     k = gw.key("small", budget_usd=0.05)  # worst case per job: 2 images + 1 request = $0.021
     with concurrent.futures.ThreadPoolExecutor(10) as pool:
         answers = list(
@@ -415,9 +432,55 @@ def test_kill9_during_the_wait_resumes_without_a_second_submission(
     )
 
 
+def overlap(spans: list[tuple[float, float]]) -> int:
+    """The most spans open at one instant (one ending when another starts does not overlap it)."""
+    events = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans], key=lambda x: (x[0], x[1]))
+    most = now = 0
+    for _, d in events:
+        now += d
+        most = max(most, now)
+    return most
+
+
+def provider_spans(fal: Proc, done: list[dict[str, Any]]) -> dict[str, list[tuple[float, float]]]:
+    """Per backend, when mock-fal had each of these jobs' requests (submitted to ended), by its own clock."""
+    backend_of = {j["provider_request_id"]: j["backend"] for j in done}
+    out: dict[str, list[tuple[float, float]]] = {}
+    for r in fal_stats(fal)["requests"]:
+        if r["request_id"] in backend_of:
+            assert r["ended_at"] is not None
+            out.setdefault(backend_of[r["request_id"]], []).append((r["submitted_at"], r["ended_at"]))
+    return out
+
+
+def test_a_backends_cap_holds_and_a_full_backend_is_skipped_for_the_next(shared: GW, fal: Proc) -> None:
+    """7 jobs at once for flux-capped: `near` (priority 1) takes 2 at a time, `far` (priority 5) 1, the rest
+    wait, queued; mock-fal never has more than each cap at once, and each job is submitted once."""
+    set_fal(fal, queue_s=0.2, run_s=0.6)
+    gw = shared
+    body = {**IMAGE, "model": "flux-capped"}
+    with concurrent.futures.ThreadPoolExecutor(7) as pool:
+        made = list(pool.map(lambda i: gw.job(MASTER, {**body, "input": {"prompt": f"cap {i}"}}), range(7)))
+    ids = [m.json()["id"] for m in made]
+    done = [gw.wait(MASTER, i, timeout=60) for i in ids]
+    assert all(d["status"] == "succeeded" for d in done), done
+    spans = provider_spans(fal, done)
+    assert overlap(spans["near"]) == 2  # its cap: reached, never passed
+    assert overlap(spans["far"]) == 1
+    assert len(spans["near"]) + len(spans["far"]) == 7
+    waited = 0
+    for i in ids:
+        with gw.http.stream("GET", f"/v1/jobs/{i}/events", headers=auth(MASTER)) as r:
+            waited += "event: waiting" in r.read().decode()
+    assert waited >= 1  # more jobs than slots: some waited, queued, for one
+
+
 @pytest.mark.postgres
 @pytest.mark.skipif(not PG_URL, reason=PG_SKIP)
-def test_two_processes_on_postgres_one_killed(start: Any, fal: Proc, tmp_path: Path) -> None:
+def test_two_processes_on_postgres_limits_hold_and_one_killed(start: Any, fal: Proc, tmp_path: Path) -> None:
+    """Two gateways on one PostgreSQL database. Both claiming as fast as they can: one key's jobs never run
+    two at once (max_per_key 1) and the `capped` backend never has more than 2 of them at mock-fal. Then A
+    is killed with jobs running: B takes them over when their leases expire, none submitted twice."""
     import asyncio
 
     import asyncpg
@@ -431,20 +494,49 @@ def test_two_processes_on_postgres_one_killed(start: Any, fal: Proc, tmp_path: P
 
     asyncio.run(create())
     url = PG_URL.rsplit("/", 1)[0] + "/" + db
-    set_fal(fal, queue_s=2.5, run_s=0.2)
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    a = start([fal_backend(fal)], database=url, workdir=tmp_path / "a")
-    b = start([fal_backend(fal)], database=url, workdir=tmp_path / "b")
-    k = a.key("shared")
-    ids = [a.job(k, {**IMAGE, "input": {"prompt": f"pg {i}", "n": 1}}).json()["id"] for i in range(4)]
+    capped = {
+        **fal_backend(fal, name="capped", concurrency={"max": 2}),
+        "models": {"flux-capped": "fal-ai/flux/schnell"},
+    }
+    gws = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        gws.append(
+            start(
+                [fal_backend(fal), capped],
+                database=url,
+                workdir=tmp_path / name,
+                max_per_key=1,
+                claim_interval_s=0.05,
+            )
+        )
+    a, b = gws
+    k = a.key("serial")
     # B learns of the key A made from the shared database within its key reload (about 2 s).
     wait_until(lambda: b.http.get("/v1/jobs", headers=auth(k)).status_code == 200, 20, "B to know the key")
-    wait_until(lambda: all(a.get(k, i)["status"] == "running" for i in ids), 20, "all jobs running")
+    set_fal(fal, queue_s=0.2, run_s=0.4)
+    keyed = [
+        (a, b)[i % 2].job(k, {**IMAGE, "input": {"prompt": f"serial {i}"}}).json()["id"] for i in range(4)
+    ]
+    cap = [
+        (a, b)[i % 2]
+        .job(MASTER, {**IMAGE, "model": "flux-capped", "input": {"prompt": f"cap {i}"}})
+        .json()["id"]
+        for i in range(5)
+    ]
+    done = [a.wait(MASTER, i, timeout=60) for i in keyed + cap]
+    assert all(d["status"] == "succeeded" for d in done), done
+    spans = provider_spans(fal, done)
+    assert overlap(spans["fal"]) == 1  # the key's 4 jobs, one at a time across both processes
+    assert overlap(spans["capped"]) <= 2 and len(spans["capped"]) == 5
+
+    set_fal(fal, queue_s=2.5, run_s=0.2)
+    ids = [a.job(MASTER, {**IMAGE, "input": {"prompt": f"pg {i}", "n": 1}}).json()["id"] for i in range(4)]
+    wait_until(lambda: all(a.get(MASTER, i)["status"] == "running" for i in ids), 20, "all jobs running")
     a.proc.kill()
     for i in ids:
-        done = b.wait(k, i, timeout=40)
-        assert done["status"] == "succeeded", done
+        done1 = b.wait(MASTER, i, timeout=40)
+        assert done1["status"] == "succeeded", done1
     prompts = [
         r["input"]["prompt"]
         for r in fal_stats(fal)["requests"]
@@ -473,12 +565,12 @@ def test_a_result_that_expired_while_the_gateway_was_down_fails_honestly(start: 
     set_fal(fal, result_ttl_s=3600)
 
 
-def test_a_video_job_through_fal(start: Any, fal: Proc) -> None:
+def test_a_video_job_through_fal(shared: GW) -> None:
     import io
 
     import av
 
-    gw = start([fal_backend(fal)])
+    gw = shared
     done = gw.wait(
         MASTER,
         gw.job(
@@ -497,9 +589,9 @@ def test_a_video_job_through_fal(start: Any, fal: Proc) -> None:
         assert sum(1 for _ in c.decode(video=0)) >= 4
 
 
-def test_per_key_concurrency_limit_holds(start: Any, fal: Proc) -> None:
+def test_per_key_concurrency_limit_holds(shared: GW, fal: Proc) -> None:
     set_fal(fal, queue_s=0.6, run_s=0.1)
-    gw = start([fal_backend(fal)], max_per_key=1)
+    gw = shared  # max_per_key=1
     k, other = gw.key("one-at-a-time"), gw.key("someone-else")
     ids = [gw.job(k, {**IMAGE, "input": {"prompt": f"serial {i}"}}).json()["id"] for i in range(3)]
     theirs = gw.job(other, {**IMAGE, "input": {"prompt": "not held up"}}).json()["id"]
