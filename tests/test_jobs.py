@@ -46,6 +46,7 @@ def _reset(fal: Proc) -> Iterator[None]:
         run_s=0.3,
         fail_rate=0,
         submit_fail_rate=0,
+        result_ttl_s=3600,
         webhooks=True,
         bad_webhook_signature=False,
         duplicate_webhooks=False,
@@ -411,25 +412,41 @@ def test_concurrent_jobs_never_overspend_a_small_budget(shared: GW) -> None:
     assert again.status_code == 429  # $0.008 left cannot cover $0.021
 
 
-def test_kill9_during_the_wait_resumes_without_a_second_submission(
-    start: Any, fal: Proc, tmp_path: Path
+def test_kill9_mid_wait_resumes_without_a_second_submission_and_an_expired_result_fails_honestly(
+    start: Any, fal: Proc
 ) -> None:
-    set_fal(fal, queue_s=3, run_s=0.3)
+    """kill -9 with two jobs waiting at the provider, then a restart. One finishes with the same provider
+    request id, submitted once. The other's result expired while the gateway was down (the provider kept it
+    0.5 s): it fails as result_expired, charged its reserved bound (the provider billed it), not re-sent."""
     port = free_port()
     gw = start([fal_backend(fal)], port=port)
     k = gw.key("survivor")
+    set_fal(fal, queue_s=4, run_s=0.1, result_ttl_s=0.5)  # each request keeps the TTL set at its submit
+    late = gw.job(k, {**IMAGE, "input": {**IMAGE["input"], "prompt": "expire while down"}}).json()
+    late_running = gw.wait(k, late["id"], status=("running",))  # submitted: its settings are taken
+    set_fal(fal, queue_s=2, run_s=0.3, result_ttl_s=3600)
     job = gw.job(k, {**IMAGE, "input": {**IMAGE["input"], "prompt": "survive kill -9"}}).json()
     running = gw.wait(k, job["id"], status=("running",))
     gw.proc.kill()  # SIGKILL, mid-wait
+    status_url = f"{fal.url}/fal-ai/flux/requests/{late_running['provider_request_id']}/status"
+    wait_until(
+        lambda: httpx.get(status_url, headers={"Authorization": "Key mock-key"}).status_code == 404,
+        20,
+        "the provider to forget the late job's result",
+    )
     gw2 = start([fal_backend(fal)], port=port)
     done = gw2.wait(k, job["id"], timeout=30)
     assert done["status"] == "succeeded", done
     assert done["provider_request_id"] == running["provider_request_id"]
-    mine = [r for r in fal_stats(fal)["requests"] if r["input"].get("prompt") == "survive kill -9"]
-    assert len(mine) == 1  # the provider saw exactly one submission
     assert len(done["artifacts"]) == 2 and all(
         httpx.get(a["url"]).status_code == 200 for a in done["artifacts"]
     )
+    expired = gw2.wait(k, late["id"], timeout=30)
+    assert expired["status"] == "failed" and expired["error"]["code"] == "result_expired", expired
+    assert expired["cost_usd"] == pytest.approx(expired["cost_reserved_usd"])
+    for prompt in ("survive kill -9", "expire while down"):
+        mine = [r for r in fal_stats(fal)["requests"] if r["input"].get("prompt") == prompt]
+        assert len(mine) == 1  # the provider saw exactly one submission of each
 
 
 def overlap(spans: list[tuple[float, float]]) -> int:
@@ -543,26 +560,6 @@ def test_two_processes_on_postgres_limits_hold_and_one_killed(start: Any, fal: P
         if r["input"].get("prompt", "").startswith("pg ")
     ]
     assert sorted(prompts) == [f"pg {i}" for i in range(4)]  # each submitted exactly once
-
-
-def test_a_result_that_expired_while_the_gateway_was_down_fails_honestly(start: Any, fal: Proc) -> None:
-    """Down longer than the provider keeps results: the job fails as result_expired (charged its reserved
-    bound, since the provider billed it), it is not re-submitted."""
-    set_fal(fal, queue_s=1.5, run_s=0.1, result_ttl_s=0.5, webhooks=False)
-    port = free_port()
-    gw = start([fal_backend(fal)], port=port)
-    k = gw.key("late")
-    job = gw.job(k, {**IMAGE, "input": {**IMAGE["input"], "prompt": "expire while down"}}).json()
-    gw.wait(k, job["id"], status=("running",))
-    gw.proc.kill()
-    time.sleep(3)  # the provider finishes at ~1.6 s and forgets the result 0.5 s later
-    gw2 = start([fal_backend(fal)], port=port)
-    done = gw2.wait(k, job["id"], timeout=30)
-    assert done["status"] == "failed" and done["error"]["code"] == "result_expired", done
-    assert done["cost_usd"] == pytest.approx(done["cost_reserved_usd"])
-    mine = [r for r in fal_stats(fal)["requests"] if r["input"].get("prompt") == "expire while down"]
-    assert len(mine) == 1
-    set_fal(fal, result_ttl_s=3600)
 
 
 def test_a_video_job_through_fal(shared: GW) -> None:

@@ -106,6 +106,9 @@ class _Req:
     webhooks_sent: int = 0
     logs: list[dict[str, Any]] = field(default_factory=list)
     created_wall: float = field(default_factory=time.time)
+    # How long the result is kept (under 10 KB, and 10 KB or larger): the settings when it was submitted.
+    ttl_s: float = 3600.0
+    ttl_large_s: float = 360.0
 
     @property
     def model(self) -> str:
@@ -224,7 +227,7 @@ class FalMock:
         if r is None or r.app != f"{owner}/{alias}":
             return None
         if r.done_at is not None:
-            ttl = self.options.result_ttl_s if r.size < 10_000 else self.options.result_ttl_large_s
+            ttl = r.ttl_s if r.size < 10_000 else r.ttl_large_s
             if time.monotonic() - r.done_at > ttl:
                 return None  # expired: fal forgets the request and its result
         return r
@@ -269,6 +272,8 @@ class FalMock:
             fail=bool(self.options.fail_rate) and self._dice.random() < self.options.fail_rate,
             webhook=request.query_params.get("fal_webhook"),
             gateway_id=rid,
+            ttl_s=self.options.result_ttl_s,
+            ttl_large_s=self.options.result_ttl_large_s,
         )
         self.requests[rid] = r
         if self.options.submit_delay_ms:  # created already: a client that gives up leaves it running
