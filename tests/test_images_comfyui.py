@@ -32,74 +32,70 @@ def comfy() -> Iterator[Proc]:
     p.stop()
 
 
-def comfy_backend(url: str) -> dict[str, Any]:
+def comfy_backend(url: str, name: str = "gpu", model: str = "flux-schnell") -> dict[str, Any]:
     return {
-        "name": "gpu",
+        "name": name,
         "kind": "comfyui",
         "base_url": url,
         "priority": 1,
-        "models": {"flux-schnell": "sd15"},
+        "models": {model: "sd15"},
         "price": {"per_gpu_hour": 3.6},
         "health": {"interval_s": 0.5, "failures_to_trip": 1, "cooldown_s": 60},
     }
 
 
-def start(tmp: Path, backends: list[dict[str, Any]], **jobs: Any) -> GW:
+@pytest.fixture(scope="module")
+def gw(comfy: Proc, fal: Proc, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GW]:
+    """One gateway for the file: flux-schnell on `gpu` (the ComfyUI mock) first, fal as the fallback;
+    flux-down on `gpu-down` (nothing listens there) first, then fal."""
+    tmp = tmp_path_factory.mktemp("comfy")
+    fallback = fal_backend(fal, priority=5)
+    fallback["models"] = {**fallback["models"], "flux-down": "fal-ai/flux/schnell"}
+    dead = comfy_backend(f"http://127.0.0.1:{free_port()}", name="gpu-down", model="flux-down")
     port = free_port()
-    cfg = gw_config(tmp, backends, port, **jobs)
-    return GW(start_gateway(cfg, port=port, env={"HYBRIDGATE_MASTER_KEY": MASTER}, workdir=tmp))
+    cfg = gw_config(tmp, [comfy_backend(comfy.url), dead, fallback], port, time_bound_s=600)
+    p = start_gateway(cfg, port=port, env={"HYBRIDGATE_MASTER_KEY": MASTER}, workdir=tmp)
+    yield GW(p)
+    p.stop()
 
 
-def test_comfyui_first_fal_when_comfyui_is_down(comfy: Proc, fal: Proc, tmp_path: Path) -> None:
-    (tmp_path / "up").mkdir()
-    gw = start(tmp_path / "up", [comfy_backend(comfy.url), fal_backend(fal, priority=5)], time_bound_s=600)
-    try:
-        # The worst case on the GPU is its price per hour times the job's time bound: $3.6/h x 600 s = $0.60
-        # (fal's 1 image + request is less); a key with $0.50 left is refused before ComfyUI sees anything.
-        before = httpx.get(comfy.url + "/_mock/stats").json()["submissions"]
-        poor = gw.key("poor", budget_usd=0.5)
-        refused = gw.job(poor, {**IMAGE, "input": {"prompt": "too dear", "n": 1}})
-        assert refused.status_code == 429 and refused.json()["error"]["code"] == "budget_exceeded"
-        assert "0.600000" in refused.json()["error"]["message"]
-        assert httpx.get(comfy.url + "/_mock/stats").json()["submissions"] == before
-        client = openai.OpenAI(base_url=gw.proc.base_url, api_key=MASTER, max_retries=0)
-        out = client.images.generate(
-            model="flux-schnell", prompt="a castle", n=2, size="128x96", extra_body={"seed": 9}
-        )
-        assert out.data is not None and len(out.data) == 2
-        assert httpx.get(out.data[1].url or "").content == media.png("a castle", 10, 128, 96)
-        jobs = gw.http.get("/v1/jobs", headers=auth(MASTER)).json()["data"]
-        assert jobs[0]["backend"] == "gpu" and jobs[0]["cost_reserved_usd"] == pytest.approx(0.6)
-        # Settled from the GPU-seconds it ran (its wall time at ComfyUI, started to finished) at $3.6/h.
-        ran = jobs[0]["finished_at"] - jobs[0]["started_at"]
-        assert 0 < jobs[0]["cost_usd"] == pytest.approx(ran * 3.6 / 3600, rel=1e-6)
-        assert httpx.get(comfy.url + "/_mock/stats").json()["jobs"][-1]["client_id"] == jobs[0]["id"]
-    finally:
-        gw.proc.stop()
-    (tmp_path / "down").mkdir()
-    dead = f"http://127.0.0.1:{free_port()}"
-    gw = start(tmp_path / "down", [comfy_backend(dead), fal_backend(fal, priority=5)])
-    try:
-        client = openai.OpenAI(base_url=gw.proc.base_url, api_key=MASTER, max_retries=0)
-        out = client.images.generate(
-            model="flux-schnell", prompt="a castle", size="128x96", extra_body={"seed": 9}
-        )
-        assert out.data is not None and httpx.get(out.data[0].url or "").content == media.png(
-            "a castle", 9, 128, 96
-        )
-        jobs = gw.http.get("/v1/jobs", headers=auth(MASTER)).json()["data"]
-        assert jobs[0]["backend"] == "fal"
-    finally:
-        gw.proc.stop()
+def test_comfyui_first_fal_when_comfyui_is_down(gw: GW, comfy: Proc) -> None:
+    # The worst case on the GPU is its price per hour times the job's time bound: $3.6/h x 600 s = $0.60
+    # (fal's 1 image + request is less); a key with $0.50 left is refused before ComfyUI sees anything.
+    before = httpx.get(comfy.url + "/_mock/stats").json()["submissions"]
+    poor = gw.key("poor", budget_usd=0.5)
+    refused = gw.job(poor, {**IMAGE, "input": {"prompt": "too dear", "n": 1}})
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "budget_exceeded"
+    assert "0.600000" in refused.json()["error"]["message"]
+    assert httpx.get(comfy.url + "/_mock/stats").json()["submissions"] == before
+    client = openai.OpenAI(base_url=gw.proc.base_url, api_key=MASTER, max_retries=0)
+    out = client.images.generate(
+        model="flux-schnell", prompt="a castle", n=2, size="128x96", extra_body={"seed": 9}
+    )
+    assert out.data is not None and len(out.data) == 2
+    assert httpx.get(out.data[1].url or "").content == media.png("a castle", 10, 128, 96)
+    jobs = gw.http.get("/v1/jobs", headers=auth(MASTER)).json()["data"]
+    assert jobs[0]["backend"] == "gpu" and jobs[0]["cost_reserved_usd"] == pytest.approx(0.6)
+    # Settled from the GPU-seconds it ran (its wall time at ComfyUI, started to finished) at $3.6/h.
+    ran = jobs[0]["finished_at"] - jobs[0]["started_at"]
+    assert 0 < jobs[0]["cost_usd"] == pytest.approx(ran * 3.6 / 3600, rel=1e-6)
+    assert httpx.get(comfy.url + "/_mock/stats").json()["jobs"][-1]["client_id"] == jobs[0]["id"]
+    # ComfyUI down: the same request for a model whose GPU is unreachable is served by fal.
+    out = client.images.generate(model="flux-down", prompt="a castle", size="128x96", extra_body={"seed": 9})
+    assert out.data is not None and httpx.get(out.data[0].url or "").content == media.png(
+        "a castle", 9, 128, 96
+    )
+    jobs = gw.http.get("/v1/jobs", headers=auth(MASTER)).json()["data"]
+    assert jobs[0]["model"] == "flux-down" and jobs[0]["backend"] == "fal"
 
 
-def test_comfyui_failure_and_cancel(comfy: Proc, tmp_path: Path) -> None:
-    gw = start(tmp_path, [comfy_backend(comfy.url)])
+def test_comfyui_failure_and_cancel(gw: GW, comfy: Proc) -> None:
     try:
         httpx.post(comfy.url + "/_mock/config", json={"fail_rate": 1})
         job = gw.job(MASTER, IMAGE).json()
         failed = gw.wait(MASTER, job["id"])
         assert failed["status"] == "failed" and "CUDA out of memory" in failed["error"]["message"]
+        assert failed["backend"] == "gpu"  # accepted by ComfyUI: a failure there does not go to fal
         httpx.post(comfy.url + "/_mock/config", json={"fail_rate": 0, "run_s": 30})
         slow = gw.job(MASTER, {**IMAGE, "input": {"prompt": "slow"}}).json()
         gw.wait(MASTER, slow["id"], status=("running",))
@@ -111,7 +107,6 @@ def test_comfyui_failure_and_cancel(comfy: Proc, tmp_path: Path) -> None:
         assert mine[0]["interrupted"] is True
     finally:
         httpx.post(comfy.url + "/_mock/config", json={"fail_rate": 0, "run_s": 0.2})
-        gw.proc.stop()
 
 
 def test_workflow_template_filled_and_validated(comfy: Proc) -> None:
