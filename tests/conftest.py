@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from hybridgate.testing.procs import Proc, start_gateway, start_mock_server
+from hybridgate.testing.procs import Proc, free_port, start_gateway, start_mock_server, wait_healthy
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -36,3 +40,24 @@ def spawn() -> Iterator[dict[str, Callable[..., Proc]]]:
     yield {"mock": mock, "gateway": gateway}
     for p in procs:
         p.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """moto's S3 server as its own process, one for the session (storage and LoRA tests); its URL. Tests
+    make their own buckets."""
+    port = free_port()
+    log = Path(os.environ.get("TMPDIR", "/tmp")) / f"moto-{port}.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url + "/moto-api/", 60, proc)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)

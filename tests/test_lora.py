@@ -18,7 +18,7 @@ import pytest
 from hybridgate.testing.mocks import media
 from hybridgate.testing.procs import Proc, free_port, start_gateway, start_mock_fal
 from test_jobs import GW, MASTER, auth, fal_backend, gw_config
-from test_storage import make_bucket, s3_server  # noqa: F401 - the moto server fixture
+from test_storage import make_bucket
 
 FILES: dict[str, tuple[bytes, str]] = {}
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -28,29 +26,9 @@ from hybridgate.storage import (
     load_secret,
     open_storage,
 )
-from hybridgate.testing.procs import free_port, wait_healthy
+from hybridgate.testing.procs import free_port
 
 S3_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-@pytest.fixture(scope="module")
-def s3_server() -> Iterator[str]:
-    """moto's S3 server as its own process; its URL."""
-    port = free_port()
-    log = Path(os.environ.get("TMPDIR", "/tmp")) / f"moto-{port}.log"
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(url + "/moto-api/", 60, proc)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def make_bucket(endpoint: str, name: str) -> None:
