@@ -9,9 +9,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from hybridgate.testing.procs import Proc, free_port, start_gateway, start_mock_server, wait_healthy
+from hybridgate.testing.procs import (
+    Proc,
+    free_port,
+    start_gateway,
+    start_mock_fal,
+    start_mock_server,
+    wait_healthy,
+)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -61,3 +69,25 @@ def s3_server() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def fal_process() -> Iterator[Proc]:
+    """One `hybridgate mock-fal` for the session (starting one takes seconds); each module takes it with its
+    own settings through `fal_with`. Its key is "mock-key"."""
+    p = start_mock_fal(key="mock-key")
+    yield p
+    p.stop()
+
+
+def fal_with(proc: Proc, **settings: Any) -> Proc:
+    """Every knob of the shared mock-fal back to its default, then `settings`; the same process."""
+    from hybridgate.testing.mocks.fal import FalMockOptions
+
+    r = httpx.post(
+        proc.url + "/_mock/config",
+        json={**FalMockOptions().model_dump(), "key": "mock-key", **settings},
+        timeout=10,
+    )
+    assert r.status_code == 200, r.text
+    return proc

@@ -20,18 +20,17 @@ import fal_client.client as fc
 import httpx
 import pytest
 
+from conftest import fal_with
 from hybridgate.backends._generation import SubmitOutcomeUnknownError, Submitted
 from hybridgate.backends.fal import FalBackend
 from hybridgate.config import BackendConfig
 from hybridgate.testing.mocks import media
-from hybridgate.testing.procs import Proc, free_port, start_mock_fal
+from hybridgate.testing.procs import Proc, free_port
 
 
 @pytest.fixture(scope="module")
-def fal() -> Iterator[Proc]:
-    p = start_mock_fal(queue_s=0.3, run_s=0.4, key="mock-key")
-    yield p
-    p.stop()
+def fal(fal_process: Proc) -> Proc:
+    return fal_with(fal_process, queue_s=0.3, run_s=0.4)
 
 
 @pytest.fixture

@@ -12,16 +12,15 @@ import httpx
 import openai
 import pytest
 
+from conftest import fal_with
 from hybridgate.testing.mocks import media
-from hybridgate.testing.procs import Proc, free_port, start_gateway, start_mock_fal
+from hybridgate.testing.procs import Proc, free_port, start_gateway
 from test_jobs import MASTER, fal_backend, gw_config
 
 
 @pytest.fixture(scope="module")
-def fal() -> Iterator[Proc]:
-    p = start_mock_fal(queue_s=0.1, run_s=0.2, key="mock-key")
-    yield p
-    p.stop()
+def fal(fal_process: Proc) -> Proc:
+    return fal_with(fal_process, queue_s=0.1, run_s=0.2)
 
 
 @pytest.fixture(scope="module")

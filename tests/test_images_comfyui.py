@@ -12,17 +12,16 @@ import httpx
 import openai
 import pytest
 
+from conftest import fal_with
 from hybridgate.backends.comfyui import default_workflow, fill
 from hybridgate.testing.mocks import media
-from hybridgate.testing.procs import Proc, free_port, start_gateway, start_mock_comfyui, start_mock_fal
+from hybridgate.testing.procs import Proc, free_port, start_gateway, start_mock_comfyui
 from test_jobs import GW, IMAGE, MASTER, auth, fal_backend, gw_config
 
 
 @pytest.fixture(scope="module")
-def fal() -> Iterator[Proc]:
-    p = start_mock_fal(queue_s=0.1, run_s=0.1, key="mock-key")
-    yield p
-    p.stop()
+def fal(fal_process: Proc) -> Proc:
+    return fal_with(fal_process, queue_s=0.1, run_s=0.1)
 
 
 @pytest.fixture(scope="module")

@@ -15,18 +15,17 @@ import httpx
 import pytest
 
 from _accounts import PG_SKIP, PG_URL, wait_until
+from conftest import fal_with
 from hybridgate.testing.mocks import media
-from hybridgate.testing.procs import Proc, free_port, start_gateway, start_mock_fal
+from hybridgate.testing.procs import Proc, free_port, start_gateway
 
 MASTER = "master-key-for-jobs-tests"
 PRICE = {"per_image": 0.01, "per_request": 0.001}
 
 
 @pytest.fixture(scope="module")
-def fal() -> Iterator[Proc]:
-    p = start_mock_fal(queue_s=0.2, run_s=0.3, key="mock-key")
-    yield p
-    p.stop()
+def fal(fal_process: Proc) -> Proc:
+    return fal_with(fal_process, queue_s=0.2, run_s=0.3)
 
 
 def set_fal(fal: Proc, **changes: Any) -> None:

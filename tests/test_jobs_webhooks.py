@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from _accounts import wait_until
-from hybridgate.testing.procs import Proc, free_port, start_gateway, start_mock_fal
+from conftest import fal_with
+from hybridgate.testing.procs import Proc, free_port, start_gateway
 from test_jobs import GW, IMAGE, MASTER, fal_backend, gw_config
 
 GOT: list[tuple[dict[str, str], bytes, int]] = []
@@ -46,10 +47,8 @@ def receiver() -> Iterator[str]:
 
 
 @pytest.fixture
-def fal() -> Iterator[Proc]:
-    p = start_mock_fal(queue_s=0.1, run_s=0.1, key="mock-key")
-    yield p
-    p.stop()
+def fal(fal_process: Proc) -> Proc:
+    return fal_with(fal_process, queue_s=0.1, run_s=0.1)
 
 
 def verify(secret: str, headers: dict[str, str], body: bytes) -> bool:

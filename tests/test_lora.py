@@ -15,8 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
+from conftest import fal_with
 from hybridgate.testing.mocks import media
-from hybridgate.testing.procs import Proc, free_port, start_gateway, start_mock_fal
+from hybridgate.testing.procs import Proc, free_port, start_gateway
 from test_jobs import GW, MASTER, auth, fal_backend, gw_config
 from test_storage import make_bucket
 
@@ -50,10 +51,8 @@ def files() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def fal() -> Iterator[Proc]:
-    p = start_mock_fal(queue_s=0.1, run_s=0.3, key="mock-key")
-    yield p
-    p.stop()
+def fal(fal_process: Proc) -> Proc:
+    return fal_with(fal_process, queue_s=0.1, run_s=0.3)
 
 
 # Images per image, LoRA training per step (as fal bills its trainer), both plus the request.
