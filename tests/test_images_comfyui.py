@@ -4,6 +4,7 @@ GPU-seconds cost."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,36 @@ def test_comfyui_failure_and_cancel(gw: GW, comfy: Proc) -> None:
         assert mine[0]["interrupted"] is True
     finally:
         httpx.post(comfy.url + "/_mock/config", json={"fail_rate": 0, "run_s": 0.2})
+
+
+def test_progress_from_comfyuis_websocket(gw: GW, comfy: Proc) -> None:
+    """The comfyui kind listens on ComfyUI's websocket (opened before the submit): the job's progress moves
+    with the nodes executed and the sampler's steps, not only from queued to done."""
+    before = httpx.get(comfy.url + "/_mock/stats").json()["ws_connections"]
+    httpx.post(comfy.url + "/_mock/config", json={"run_s": 2.0})
+    try:
+        job = gw.job(MASTER, {**IMAGE, "input": {"prompt": "watched", "n": 1, "steps": 20}}).json()
+        seen = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            j = gw.get(MASTER, job["id"])
+            seen.append(j["progress"])
+            if j["status"] in ("succeeded", "failed", "cancelled"):
+                break
+            time.sleep(0.1)
+        assert j["status"] == "succeeded", j
+    finally:
+        httpx.post(comfy.url + "/_mock/config", json={"run_s": 0.2})
+    # 7 nodes; during the sampler's steps: (4 nodes done + its fraction) / 7, between 4/7 and 5/7.
+    mid = [p for p in seen if 0 < p < 1]
+    assert mid and all(4 / 7 <= p <= 5 / 7 for p in mid), seen
+    assert seen == sorted(seen)  # it only moves forward
+    with gw.http.stream("GET", f"/v1/jobs/{job['id']}/events", headers=auth(MASTER)) as r:
+        text = r.read().decode()
+    assert text.count("event: progress") >= 2
+    stats = httpx.get(comfy.url + "/_mock/stats").json()
+    mine = next(x for x in stats["jobs"] if x["client_id"] == job["id"])
+    assert stats["ws_connections"] > before and mine["ws_messages"] >= 10
 
 
 def test_workflow_template_filled_and_validated(comfy: Proc) -> None:

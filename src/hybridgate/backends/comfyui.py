@@ -7,7 +7,9 @@ template the built-in text-to-image graph is used (checkpoint from `options.chec
 the job asks for a LoRA.
 
 Submitted with `POST /prompt`, followed through `GET /queue` (position) and `GET /history/{id}` (done, outputs,
-errors), outputs fetched from `GET /view`; cancel is `POST /queue {"delete": [id]}` while pending and `POST
+errors), outputs fetched from `GET /view`; progress from ComfyUI's websocket (`/ws?clientId=<job id>`, opened
+before the submit so no message is missed, and again after a restart): `executing`, `progress` and
+`execution_cached` messages give (nodes done + the sampler's step fraction) / nodes in the graph; cancel is `POST /queue {"delete": [id]}` while pending and `POST
 /interrupt` while running; health is `GET /system_stats`. Cost: GPU-seconds of the job's wall time, priced with
 `price.per_gpu_hour` (the GPU's hourly price), plus `per_image`/`per_request` when set.
 
@@ -22,13 +24,18 @@ errors), outputs fetched from `GET /view`; cancel is `POST /queue {"delete": [id
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
+import logging
 import secrets
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import urlencode
 
 import httpx
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from hybridgate.backends._base import BackendConnectError, BackendError, BackendHTTPError
@@ -43,6 +50,23 @@ from hybridgate.backends._generation import (
 from hybridgate.config import BackendConfig
 from hybridgate.protocol import Operation, Usage
 
+log = logging.getLogger("hybridgate.comfyui")
+
+
+@dataclass
+class _Progress:
+    """What the websocket said about one prompt: nodes done, the node running and its step fraction."""
+
+    done: set[str] = field(default_factory=set)
+    current: str | None = None
+    fraction: float = 0.0
+    ended: bool = False
+
+    def value(self, nodes: int) -> float | None:
+        if not nodes or (not self.done and self.current is None):
+            return None
+        return min(0.99, (len(self.done) + self.fraction) / nodes)
+
 
 class ComfyOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -53,6 +77,8 @@ class ComfyOptions(BaseModel):
     default_steps: int = Field(20, ge=1, le=200)
     default_size: str = Field("512x512", pattern=r"^\d{2,5}x\d{2,5}$")
     submit_timeout_s: float = Field(30.0, gt=0)
+    # Follow a job's progress on ComfyUI's websocket (off: progress only moves from queued to done).
+    websocket: bool = True
 
 
 def default_workflow(with_lora: bool) -> dict[str, Any]:
@@ -138,6 +164,8 @@ class ComfyUIBackend(GenerationBackend):
                 f"does not define (it defines {', '.join(self.options.workflows)})"
             )
         self._client: httpx.AsyncClient | None = None
+        self._progress: dict[str, _Progress] = {}  # prompt id -> what its websocket said
+        self._watchers: dict[str, asyncio.Task[None]] = {}  # client id -> its websocket reader
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -147,9 +175,83 @@ class ComfyUIBackend(GenerationBackend):
         return self._client
 
     async def close(self) -> None:
+        for t in self._watchers.values():
+            t.cancel()
+        self._watchers.clear()
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+
+    # --- progress from the websocket ------------------------------------------------------------
+    async def _watch(self, client_id: str, opened: asyncio.Event) -> None:
+        """Read one client id's websocket until its prompts end (or it closes): progress per prompt id."""
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import WebSocketException
+
+        url = "ws" + self.base.removeprefix("http") + "/ws?clientId=" + client_id
+        try:
+            async with connect(url, open_timeout=self.config.timeouts.connect_s, max_size=2**22) as ws:
+                opened.set()
+                async for raw in ws:
+                    if isinstance(raw, bytes):
+                        continue  # preview images
+                    if self._on_message(raw):
+                        return
+        except (OSError, TimeoutError, WebSocketException) as e:
+            log.debug("comfyui %s: websocket %s: %s", self.name, url, e)
+        finally:
+            opened.set()
+            self._watchers.pop(client_id, None)
+
+    def _on_message(self, raw: str) -> bool:
+        """Apply one message; True when the prompt it is about has ended (the reader can stop)."""
+        try:
+            msg = orjson.loads(raw)
+            kind, data = msg.get("type"), msg.get("data") or {}
+        except (orjson.JSONDecodeError, AttributeError):
+            return False
+        pid = data.get("prompt_id") if isinstance(data, dict) else None
+        if not isinstance(pid, str):
+            return False
+        p = self._progress.setdefault(pid, _Progress())
+        if kind == "execution_cached":
+            p.done.update(str(n) for n in data.get("nodes") or [])
+        elif kind == "executing":
+            if p.current is not None:
+                p.done.add(p.current)
+            node = data.get("node")
+            p.current, p.fraction = (str(node) if node is not None else None), 0.0
+            p.ended = node is None
+        elif kind == "progress":
+            try:
+                p.fraction = max(0.0, min(1.0, float(data["value"]) / float(data["max"])))
+            except (KeyError, TypeError, ValueError, ZeroDivisionError):
+                pass
+        elif kind in ("execution_success", "execution_error", "execution_interrupted"):
+            p.ended = True
+        return p.ended
+
+    def _unfollow(self, ref: Submitted) -> None:
+        """The prompt ended (or was cancelled): forget its progress and stop its reader."""
+        self._progress.pop(ref.request_id, None)
+        t = self._watchers.pop(str(ref.data.get("client_id") or ""), None)
+        if t is not None:
+            t.cancel()
+
+    async def _follow(self, client_id: str, wait_s: float = 0.0) -> None:
+        """Make sure a reader follows `client_id`; wait up to `wait_s` for it to connect."""
+        if not self.options.websocket or not client_id:
+            return
+        t = self._watchers.get(client_id)
+        opened = asyncio.Event()
+        if t is None:
+            self._watchers[client_id] = asyncio.create_task(
+                self._watch(client_id, opened), name=f"comfyui:{self.name}:ws"
+            )
+            if wait_s:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait_s):
+                        await opened.wait()
 
     async def check_health(self) -> None:
         try:
@@ -190,6 +292,8 @@ class ComfyUIBackend(GenerationBackend):
         self, model: str, arguments: dict[str, Any], *, job_id: str, webhook_url: str | None
     ) -> Submitted:
         body = {"prompt": arguments["prompt"], "client_id": job_id}
+        # Listening before the submit: ComfyUI sends progress only to a client connected at the time.
+        await self._follow(job_id, wait_s=self.config.timeouts.connect_s)
         timeout = httpx.Timeout(self.options.submit_timeout_s, connect=self.config.timeouts.connect_s)
         try:
             r = await self.client.post(self.base + "/prompt", json=body, timeout=timeout)
@@ -207,7 +311,8 @@ class ComfyUIBackend(GenerationBackend):
             prompt_id = str(r.json()["prompt_id"])
         except (ValueError, KeyError, TypeError):
             raise SubmitOutcomeUnknownError(f"ComfyUI's answer has no prompt_id: {r.text[:200]}") from None
-        return Submitted(prompt_id, {"number": r.json().get("number")})
+        nodes = len(arguments["prompt"]) if isinstance(arguments["prompt"], dict) else 0
+        return Submitted(prompt_id, {"number": r.json().get("number"), "client_id": job_id, "nodes": nodes})
 
     async def _get(self, path: str) -> Any:
         try:
@@ -240,13 +345,16 @@ class ComfyUIBackend(GenerationBackend):
                 return ProviderStatus(
                     "completed", logs=messages, error=why or "workflow failed", error_type="execution_error"
                 )
+            self._unfollow(ref)
             if st.get("completed", True):
                 return ProviderStatus("completed", logs=messages)
         queue = await self._get("/queue")
         pending = [q[1] for q in queue.get("queue_pending", []) if isinstance(q, list) and len(q) > 1]
+        await self._follow(str(ref.data.get("client_id") or ""))  # again after a restart: from now on
         if ref.request_id in pending:
             return ProviderStatus("queued", queue_position=pending.index(ref.request_id))
-        return ProviderStatus("running")
+        p = self._progress.get(ref.request_id)
+        return ProviderStatus("running", progress=p.value(int(ref.data.get("nodes") or 0)) if p else None)
 
     async def result(self, model: str, ref: Submitted) -> dict[str, Any]:
         history = await self._get(f"/history/{ref.request_id}")
@@ -274,6 +382,7 @@ class ComfyUIBackend(GenerationBackend):
         return {"images": images, "prompt_id": ref.request_id}
 
     async def cancel(self, model: str, ref: Submitted) -> str:
+        self._unfollow(ref)
         try:
             queue = await self._get("/queue")
             pending = [q[1] for q in queue.get("queue_pending", []) if isinstance(q, list) and len(q) > 1]

@@ -3,9 +3,12 @@ seed at its size, after a queue and a run time.
 
 Serves `POST /prompt` (the graph is checked: known node classes, links to existing nodes, one SaveImage; 400
 with `node_errors` otherwise), `GET /queue`, `POST /queue {"delete": [...]}`, `POST /interrupt`,
-`GET /history/{id}` (outputs and status messages, as ComfyUI writes them), `GET /view`, `GET /system_stats`;
-plus `GET /_mock/stats` and `GET|POST /_mock/config` to watch and steer it. One job runs at a time, the rest
-wait in order, as on one GPU.
+`GET /history/{id}` (outputs and status messages, as ComfyUI writes them), `GET /view`, `GET /system_stats`,
+and the websocket `/ws?clientId=` on which a job's progress reaches the client that queued it (`status` on
+connect, then `execution_start`, `executing` per node in graph order, `progress` per sampler step, `executed`
+for each output node, `executing` with node null and `execution_success`, or `execution_error` /
+`execution_interrupted`); plus `GET /_mock/stats` and `GET|POST /_mock/config` to watch and steer it. One job
+runs at a time, the rest wait in order, as on one GPU.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from hybridgate.testing.mocks import media
 
@@ -61,6 +65,10 @@ class _Job:
     interrupted: bool = False
     outputs: dict[str, Any] = field(default_factory=dict)
     messages: list[list[Any]] = field(default_factory=list)
+    # What the websocket was told: nodes announced as executing, the last sampler step sent.
+    announced: list[str] = field(default_factory=list)
+    step_sent: int = 0
+    ws_sent: int = 0
 
 
 class ComfyMock:
@@ -72,8 +80,11 @@ class ComfyMock:
         self.submissions = 0
         self._dice = random.Random(self.options.seed)
         self._task: asyncio.Task[None] | None = None
+        self.sockets: dict[str, set[WebSocket]] = {}  # clientId -> its open websockets
+        self.ws_connections = 0
         self.app = Starlette(
             routes=[
+                WebSocketRoute("/ws", self.ws),
                 Route("/prompt", self.prompt, methods=["POST"]),
                 Route("/queue", self.queue, methods=["GET", "POST"]),
                 Route("/interrupt", self.interrupt, methods=["POST"]),
@@ -120,33 +131,91 @@ class ComfyMock:
                 if pending:
                     job = pending[0]
                     job.started = time.monotonic()
-                    job.messages.append(
-                        ["execution_start", {"prompt_id": job.id, "timestamp": int(time.time() * 1000)}]
-                    )
+                    start = {"prompt_id": job.id, "timestamp": int(time.time() * 1000)}
+                    job.messages.append(["execution_start", start])
+                    await self._send(job, "execution_start", start)
                 continue
             if job.interrupted:
                 job.done = True
                 job.messages.append(["execution_interrupted", {"prompt_id": job.id}])
+                await self._send(job, "execution_interrupted", {"prompt_id": job.id, "node_id": None})
                 continue
             if time.monotonic() - (job.started or 0) >= self.options.run_s:
-                self._finish(job)
+                await self._finish(job)
+            else:
+                await self._progress(job)
 
-    def _finish(self, job: _Job) -> None:
+    async def _send(self, job: _Job, kind: str, data: dict[str, Any]) -> None:
+        """A message to the websockets of the client that queued the job (as ComfyUI sends them)."""
+        for ws in list(self.sockets.get(job.client_id or "", ())):
+            try:
+                await ws.send_text(orjson.dumps({"type": kind, "data": data}).decode())
+                job.ws_sent += 1
+            except Exception:  # a client gone mid-send: ComfyUI drops it too
+                self.sockets.get(job.client_id or "", set()).discard(ws)
+
+    async def _executing(self, job: _Job, upto: str | None) -> None:
+        """Announce, in graph order, every node not yet announced up to `upto` (all of them for None)."""
+        for node_id in _order(job.graph):
+            if node_id in job.announced:
+                if node_id == upto:
+                    return
+                continue
+            job.announced.append(node_id)
+            await self._send(
+                job, "executing", {"node": node_id, "display_node": node_id, "prompt_id": job.id}
+            )
+            if node_id == upto:
+                return
+
+    async def _progress(self, job: _Job) -> None:
+        """While the job runs: the nodes before the sampler, then one `progress` per sampler step."""
+        sampler = next((i for i, n in job.graph.items() if n.get("class_type") == "KSampler"), None)
+        if sampler is None:
+            return
+        await self._executing(job, sampler)
+        steps = max(1, int(job.graph[sampler]["inputs"].get("steps") or 1))
+        run_s = self.options.run_s or 1e-3
+        step = min(steps, int((time.monotonic() - (job.started or 0)) / run_s * steps))
+        if step > job.step_sent:
+            job.step_sent = step
+            await self._send(
+                job, "progress", {"value": step, "max": steps, "prompt_id": job.id, "node": sampler}
+            )
+
+    async def _finish(self, job: _Job) -> None:
         job.done = True
         if self._dice.random() < self.options.fail_rate:
             job.failed = True
-            job.messages.append(
-                [
-                    "execution_error",
-                    {
-                        "prompt_id": job.id,
-                        "node_id": "3",
-                        "node_type": "KSampler",
-                        "exception_message": "CUDA out of memory (mock)",
-                    },
-                ]
-            )
+            error = {
+                "prompt_id": job.id,
+                "node_id": "3",
+                "node_type": "KSampler",
+                "exception_message": "CUDA out of memory (mock)",
+            }
+            job.messages.append(["execution_error", error])
+            await self._send(job, "execution_error", error)
             return
+        self._make_outputs(job)
+        for node_id in _order(job.graph):
+            await self._executing(job, node_id)
+            if node_id in job.outputs:
+                await self._send(
+                    job,
+                    "executed",
+                    {
+                        "node": node_id,
+                        "display_node": node_id,
+                        "output": job.outputs[node_id],
+                        "prompt_id": job.id,
+                    },
+                )
+        await self._send(job, "executing", {"node": None, "prompt_id": job.id})
+        success = {"prompt_id": job.id, "timestamp": int(time.time() * 1000)}
+        job.messages.append(["execution_success", success])
+        await self._send(job, "execution_success", success)
+
+    def _make_outputs(self, job: _Job) -> None:
         g = job.graph
         sampler = next(n for n in g.values() if n["class_type"] == "KSampler")["inputs"]
         text = g[str(sampler["positive"][0])]["inputs"]["text"]
@@ -164,9 +233,6 @@ class ComfyMock:
                 )
                 images.append({"filename": name, "subfolder": "", "type": "output"})
             job.outputs[node_id] = {"images": images}
-        job.messages.append(
-            ["execution_success", {"prompt_id": job.id, "timestamp": int(time.time() * 1000)}]
-        )
 
     async def _delay(self) -> None:
         if self.options.latency_ms:
@@ -210,6 +276,29 @@ class ComfyMock:
         self.jobs[job.id] = job
         self.order.append(job.id)
         return JSONResponse({"prompt_id": job.id, "number": job.number, "node_errors": {}})
+
+    async def ws(self, websocket: WebSocket) -> None:
+        """ComfyUI's websocket: `clientId` names the client whose jobs' messages it receives."""
+        client_id = websocket.query_params.get("clientId") or uuid.uuid4().hex
+        await websocket.accept()
+        self.ws_connections += 1
+        self.sockets.setdefault(client_id, set()).add(websocket)
+        try:
+            remaining = len(self._pending()) + (1 if self._running() else 0)
+            await websocket.send_text(
+                orjson.dumps(
+                    {
+                        "type": "status",
+                        "data": {"status": {"exec_info": {"queue_remaining": remaining}}, "sid": client_id},
+                    }
+                ).decode()
+            )
+            while True:
+                await websocket.receive_text()
+        except WebSocketDisconnect:
+            pass
+        finally:
+            self.sockets.get(client_id, set()).discard(websocket)
 
     async def queue(self, request: Request) -> Response:
         await self._delay()
@@ -303,9 +392,11 @@ class ComfyMock:
                         "done": j.done,
                         "failed": j.failed,
                         "interrupted": j.interrupted,
+                        "ws_messages": j.ws_sent,
                     }
                     for j in self.jobs.values()
                 ],
+                "ws_connections": self.ws_connections,
             }
         )
 
@@ -361,6 +452,24 @@ def _check(graph: dict[str, Any]) -> dict[str, Any]:
     if not errors and not any(n.get("class_type") == "SaveImage" for n in graph.values()):
         errors["_"] = {"errors": [{"type": "prompt_no_outputs", "message": "Prompt has no outputs"}]}
     return errors
+
+
+def _order(graph: dict[str, Any]) -> list[str]:
+    """The graph's node ids in an order ComfyUI could execute them: every node after the nodes it links to."""
+    out: list[str] = []
+
+    def visit(node_id: str, seen: set[str]) -> None:
+        if node_id in out or node_id in seen or node_id not in graph:
+            return
+        seen.add(node_id)
+        for v in (graph[node_id].get("inputs") or {}).values():
+            if isinstance(v, list) and len(v) == 2:
+                visit(str(v[0]), seen)
+        out.append(node_id)
+
+    for node_id in sorted(graph, key=lambda k: (len(k), k)):
+        visit(node_id, set())
+    return out
 
 
 def make_app(options: ComfyMockOptions) -> ComfyMock:
