@@ -3,7 +3,7 @@
 
 Concurrent claimers on the real databases (a SQLite file and PostgreSQL; two engines, so two connection pools
 as two processes have). Through real gateways and mock-fal: tests/test_jobs.py (`test_a_backends_cap_...`,
-`test_two_processes_on_postgres_limits_hold_and_one_killed`)."""
+`test_two_processes_on_postgres_limits_hold_and_one_killed`). Also the worst case a job reserves, per type."""
 
 from __future__ import annotations
 
@@ -118,3 +118,33 @@ async def test_concurrent_senders_never_exceed_a_backends_cap(two_engines: list[
     owner_of = {j: e for e in (a, b) for j in mine[e.owner]}
     assert await owner_of[waiting[0]]._take_slot(waiting[0], capped, "fal-ai/flux/schnell") is True
     assert await owner_of[waiting[1]]._take_slot(waiting[1], capped, "fal-ai/flux/schnell") is False
+
+
+def test_the_worst_case_reserved_per_job_type() -> None:
+    """Images: per_image x n; a LoRA training: per_step x steps; a GPU priced by the hour: per_gpu_hour x
+    jobs.time_bound_s; each plus the request; the dearest candidate backend counts."""
+    from hybridgate.config import PriceConfig
+    from hybridgate.jobs._engine import _prices_job
+
+    e = JobEngine(None, None, None, None, lambda: None, JobsConfig(time_bound_s=600))  # type: ignore[arg-type]
+    fal = BackendConfig(
+        name="fal",
+        kind="fal",
+        models={"trainer": "fal-ai/flux-lora-fast-training", "img": "fal-ai/flux/schnell"},
+        price=PriceConfig(per_image=0.003, per_step=0.002, per_request=0.001),
+    )
+    gpu = BackendConfig(
+        name="gpu",
+        kind="comfyui",
+        base_url="http://gpu:8188",
+        models={"img": "sd15"},
+        price=PriceConfig(per_gpu_hour=3.6),
+    )
+    assert e.worst_case([fal], "lora_training", {"steps": 500}, "trainer") == pytest.approx(1.001)
+    assert e.worst_case([fal], "image_generation", {"n": 3, "steps": 50}, "img") == pytest.approx(0.01)
+    assert e.worst_case([fal, gpu], "image_generation", {"n": 1}, "img") == pytest.approx(0.6)
+    # A price that says nothing about a job type is an unknown cost for a budgeted key (403 unknown_cost).
+    assert not _prices_job(PriceConfig(per_image=0.01), "lora_training")
+    assert not _prices_job(PriceConfig(per_step=0.01), "image_generation")
+    assert _prices_job(PriceConfig(per_step=0.01), "lora_training")
+    assert _prices_job(PriceConfig(per_gpu_hour=1.0), "video_generation")
