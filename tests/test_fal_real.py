@@ -27,7 +27,9 @@ def _config(tmp: Any) -> dict[str, Any]:
                 "kind": "fal",
                 "api_key": os.environ.get("FAL_KEY", ""),
                 "models": FAL_IMAGE,
-                "price": {"per_image": 0.003, "per_request": 0.0},
+                # fal's list prices as read when written (check the model pages): images per image, the
+                # LoRA trainer per step (reserved as steps x per_step before it is sent)
+                "price": {"per_image": 0.003, "per_step": 0.002, "per_request": 0.0},
                 "health": {"mode": "passive"},
             },
         ],
