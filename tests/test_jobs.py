@@ -183,7 +183,9 @@ def shared(fal: Proc, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GW]:
         env={"HYBRIDGATE_MASTER_KEY": MASTER},
         workdir=tmp,
     )
-    yield GW(p)
+    g = GW(p)
+    g.db = tmp / "hg.db"  # type: ignore[attr-defined]
+    yield g
     p.stop()
 
 
@@ -489,6 +491,29 @@ def test_a_backends_cap_holds_and_a_full_backend_is_skipped_for_the_next(shared:
         with gw.http.stream("GET", f"/v1/jobs/{i}/events", headers=auth(MASTER)) as r:
             waited += "event: waiting" in r.read().decode()
     assert waited >= 1  # more jobs than slots: some waited, queued, for one
+
+
+def test_submits_cut_off_by_a_crash_give_their_slots_back(shared: GW) -> None:
+    """Three jobs whose submit to `near` and `far` was cut off by a crash (sent, no answer recorded) hold
+    every slot of flux-capped: they are still claimed, failed as submit_outcome_unknown, and free the slots
+    for a new job."""
+    import sqlite3
+
+    now = time.time()
+    with sqlite3.connect(shared.db) as db:  # type: ignore[attr-defined]
+        for i, backend in enumerate(("near", "near", "far")):
+            db.execute(
+                "INSERT INTO jobs (id, key_id, key_name, type, model, status, step, input, backend, "
+                "backend_model, submit_sent_at, cost_reserved, next_run_at, created_at, updated_at) "
+                "VALUES (?, NULL, 'master', 'image_generation', 'flux-capped', 'queued', 'submit', ?, ?, "
+                "'fal-ai/flux/schnell', ?, 0.011, ?, ?, ?)",
+                (f"job_crashed_{i}", '{"prompt": "cut off", "n": 1}', backend, now, now, now, now),
+            )
+    for i in range(3):
+        cut = shared.wait(MASTER, f"job_crashed_{i}", timeout=30)
+        assert cut["status"] == "failed" and cut["error"]["code"] == "submit_outcome_unknown", cut
+    job = shared.job(MASTER, {**IMAGE, "model": "flux-capped", "input": {"prompt": "after the crash"}})
+    assert shared.wait(MASTER, job.json()["id"], timeout=30)["status"] == "succeeded"
 
 
 @pytest.mark.postgres

@@ -729,7 +729,15 @@ class JobEngine:
         )
         blocked = await self._full_models()
         if blocked:
-            q = q.where(or_(jobs.c.step != "submit", tuple_(jobs.c.model, jobs.c.type).not_in(blocked)))
+            # Only jobs still looking for a slot wait; one that holds a slot (a submit cut off by a crash,
+            # to be failed as outcome unknown) must be claimed, or it would hold the slot for ever.
+            q = q.where(
+                or_(
+                    jobs.c.step != "submit",
+                    jobs.c.submit_sent_at.is_not(None),
+                    tuple_(jobs.c.model, jobs.c.type).not_in(blocked),
+                )
+            )
         async with self.store.engine.connect() as conn:
             due = (await conn.execute(q.order_by(jobs.c.next_run_at).limit(free * 4))).all()
         for r in due:
