@@ -86,10 +86,18 @@ def test_final_job_delivered_signed_and_retried(fal: Proc, receiver: str, tmp_pa
         event = json.loads(GOT[0][1])
         assert event["type"] == "job.succeeded" and event["data"]["id"] == job["id"]
         assert event["data"]["metadata"] == {"order": "42"} and len(event["data"]["artifacts"]) == 2
-        # Delivered: no more tries.
-        import time
+        # Delivered: its row says so (so the delivery loop picks it no more), after exactly three tries.
+        import sqlite3
 
-        time.sleep(2.5)
+        def delivery() -> Any:
+            with sqlite3.connect(tmp_path / "hg.db") as db:
+                return db.execute(
+                    "SELECT delivered_at, attempts, failed_at FROM webhook_deliveries WHERE job_id = ?",
+                    (job["id"],),
+                ).fetchone()
+
+        row = wait_until(lambda: (r := delivery()) and r[0] is not None and r, 10, "the delivery recorded")
+        assert row[1] == 3 and row[2] is None
         assert len(GOT) == 3
     finally:
         p.stop()
