@@ -555,7 +555,7 @@ def test_two_processes_on_postgres_limits_hold_and_one_killed(start: Any, fal: P
     k = a.key("serial")
     # B learns of the key A made from the shared database within its key reload (about 2 s).
     wait_until(lambda: b.http.get("/v1/jobs", headers=auth(k)).status_code == 200, 20, "B to know the key")
-    set_fal(fal, queue_s=0.2, run_s=0.4)
+    set_fal(fal, queue_s=0.1, run_s=0.3)
     keyed = [
         (a, b)[i % 2].job(k, {**IMAGE, "input": {"prompt": f"serial {i}"}}).json()["id"] for i in range(4)
     ]
