@@ -139,6 +139,33 @@ def test_progress_from_comfyuis_websocket(gw: GW, comfy: Proc) -> None:
     assert stats["ws_connections"] > before and mine["ws_messages"] >= 10
 
 
+def test_progress_messages_as_comfyui_versions_send_them() -> None:
+    """Nodes done (executing, execution_cached) plus the sampler's step fraction over the graph's nodes; a
+    `progress` without a prompt id (older ComfyUI) counts for the prompt its client queued."""
+    import orjson
+
+    from hybridgate.backends import build_backend
+    from hybridgate.backends.comfyui import ComfyUIBackend
+    from hybridgate.config import BackendConfig
+
+    b = build_backend(BackendConfig(name="g", kind="comfyui", base_url="http://gpu:8188", models={"m": "w"}))
+    assert isinstance(b, ComfyUIBackend)
+    b._prompt_of["job_1"] = "p1"
+
+    def say(kind: str, **data: Any) -> bool:
+        return b._on_message(orjson.dumps({"type": kind, "data": data}).decode(), "job_1")
+
+    say("execution_cached", nodes=["4", "6"], prompt_id="p1")
+    say("executing", node="5", prompt_id="p1")
+    say("executing", node="3", prompt_id="p1")
+    assert b._progress["p1"].value(8) == pytest.approx(3 / 8)
+    say("progress", value=5, max=20, node="3")  # no prompt_id
+    assert b._progress["p1"].value(8) == pytest.approx(3.25 / 8)
+    assert b._on_message("not json", "job_1") is False and say("status", status={}) is False
+    assert say("executing", node=None, prompt_id="p1") is True  # the prompt ended: the reader stops
+    assert b._progress["p1"].value(8) == pytest.approx(0.5)
+
+
 def test_workflow_template_filled_and_validated(comfy: Proc) -> None:
     graph = fill(
         default_workflow(True),

@@ -166,6 +166,7 @@ class ComfyUIBackend(GenerationBackend):
         self._client: httpx.AsyncClient | None = None
         self._progress: dict[str, _Progress] = {}  # prompt id -> what its websocket said
         self._watchers: dict[str, asyncio.Task[None]] = {}  # client id -> its websocket reader
+        self._prompt_of: dict[str, str] = {}  # client id -> the prompt it queued
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -195,7 +196,7 @@ class ComfyUIBackend(GenerationBackend):
                 async for raw in ws:
                     if isinstance(raw, bytes):
                         continue  # preview images
-                    if self._on_message(raw):
+                    if self._on_message(raw, client_id):
                         return
         except (OSError, TimeoutError, WebSocketException) as e:
             log.debug("comfyui %s: websocket %s: %s", self.name, url, e)
@@ -203,14 +204,18 @@ class ComfyUIBackend(GenerationBackend):
             opened.set()
             self._watchers.pop(client_id, None)
 
-    def _on_message(self, raw: str) -> bool:
+    def _on_message(self, raw: str, client_id: str) -> bool:
         """Apply one message; True when the prompt it is about has ended (the reader can stop)."""
         try:
             msg = orjson.loads(raw)
             kind, data = msg.get("type"), msg.get("data") or {}
         except (orjson.JSONDecodeError, AttributeError):
             return False
-        pid = data.get("prompt_id") if isinstance(data, dict) else None
+        if not isinstance(data, dict):
+            return False
+        # Older ComfyUI sends `progress` without a prompt id: a client id here queues one prompt, so it is
+        # that one's.
+        pid = data.get("prompt_id") or self._prompt_of.get(client_id)
         if not isinstance(pid, str):
             return False
         p = self._progress.setdefault(pid, _Progress())
@@ -234,6 +239,7 @@ class ComfyUIBackend(GenerationBackend):
     def _unfollow(self, ref: Submitted) -> None:
         """The prompt ended (or was cancelled): forget its progress and stop its reader."""
         self._progress.pop(ref.request_id, None)
+        self._prompt_of.pop(str(ref.data.get("client_id") or ""), None)
         t = self._watchers.pop(str(ref.data.get("client_id") or ""), None)
         if t is not None:
             t.cancel()
@@ -311,6 +317,7 @@ class ComfyUIBackend(GenerationBackend):
             prompt_id = str(r.json()["prompt_id"])
         except (ValueError, KeyError, TypeError):
             raise SubmitOutcomeUnknownError(f"ComfyUI's answer has no prompt_id: {r.text[:200]}") from None
+        self._prompt_of[job_id] = prompt_id
         nodes = len(arguments["prompt"]) if isinstance(arguments["prompt"], dict) else 0
         return Submitted(prompt_id, {"number": r.json().get("number"), "client_id": job_id, "nodes": nodes})
 
@@ -350,7 +357,10 @@ class ComfyUIBackend(GenerationBackend):
                 return ProviderStatus("completed", logs=messages)
         queue = await self._get("/queue")
         pending = [q[1] for q in queue.get("queue_pending", []) if isinstance(q, list) and len(q) > 1]
-        await self._follow(str(ref.data.get("client_id") or ""))  # again after a restart: from now on
+        client_id = str(ref.data.get("client_id") or "")
+        if client_id:
+            self._prompt_of[client_id] = ref.request_id
+        await self._follow(client_id)  # again after a restart: from now on
         if ref.request_id in pending:
             return ProviderStatus("queued", queue_position=pending.index(ref.request_id))
         p = self._progress.get(ref.request_id)
