@@ -29,6 +29,8 @@ class UserError(Exception):
 
 DEFAULT_ALPHA = 32
 DEFAULT_MAX_TOKENS = 64
+# At most this many logits (padded tokens x vocabulary, float32) per forward pass: 256 MB.
+LOGITS_PER_BATCH = 64 * 1024 * 1024
 
 
 def resolve_device(device: str) -> str:
@@ -248,32 +250,48 @@ class Engine:
 
     # --- training --------------------------------------------------------------------------------
     def forward_backward(self, run: str, data: list[dict[str, Any]], forward_only: bool) -> dict[str, Any]:
+        """Datums go through the model a few at a time, right-padded into one batch: a step reads the
+        weights (Gemma's 262k-row output layer is 670 MB in float32) once per batch, not once per datum.
+        Causal attention keeps padding out of every real position, so each datum's logprobs are its own."""
         import torch
 
         slot = self._slot(run)
         self._activate(slot)
+        for i, d in enumerate(data):
+            self._check_tokens(d["tokens"], f"data[{i}].tokens")
+            self._check_tokens(d["targets"], f"data[{i}].targets")
         model = self.peft
         model.train(not forward_only)
         out_lps: list[list[float]] = []
         loss_sum = 0.0
         tokens = 0
         t0 = time.perf_counter()
-        for i, d in enumerate(data):
-            ids = d["tokens"]
-            self._check_tokens(ids, f"data[{i}].tokens")
-            self._check_tokens(d["targets"], f"data[{i}].targets")
-            x = torch.tensor([ids], device=self.device)
-            y = torch.tensor(d["targets"], device=self.device)
-            w = torch.tensor(d["weights"], dtype=torch.float32, device=self.device)
+        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+        for chunk in self._chunks(data):
+            width = max(len(d["tokens"]) for d in chunk)
+            x = torch.full((len(chunk), width), pad, dtype=torch.long)
+            y = torch.zeros((len(chunk), width), dtype=torch.long)
+            w = torch.zeros((len(chunk), width), dtype=torch.float32)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for b, d in enumerate(chunk):
+                n = len(d["tokens"])
+                x[b, :n] = torch.tensor(d["tokens"])
+                y[b, :n] = torch.tensor(d["targets"])
+                w[b, :n] = torch.tensor(d["weights"], dtype=torch.float32)
+                mask[b, :n] = 1
+            x, y, w, mask = (t.to(self.device) for t in (x, y, w, mask))
             with torch.set_grad_enabled(not forward_only):
-                logits = model(input_ids=x).logits[0].float()
-                lp = torch.log_softmax(logits, dim=-1).gather(1, y[:, None])[:, 0]
+                logits = model(input_ids=x, attention_mask=mask).logits.float()
+                lp = logits.gather(2, y[..., None])[..., 0] - torch.logsumexp(logits, dim=-1)
+                del logits
                 loss = -(lp * w).sum()
                 if not forward_only:
                     loss.backward()
-            out_lps.append(lp.detach().cpu().tolist())
+            lps = lp.detach().cpu()
+            for b, d in enumerate(chunk):
+                out_lps.append(lps[b, : len(d["tokens"])].tolist())
+                tokens += len(d["tokens"])
             loss_sum += float(loss.detach())
-            tokens += len(ids)
         model.eval()
         if not forward_only:
             slot.grad_tokens += tokens
@@ -284,6 +302,21 @@ class Engine:
             "seconds": time.perf_counter() - t0,
             "weight_sum": float(sum(sum(d["weights"]) for d in data)),
         }
+
+    def _chunks(self, data: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+        """Consecutive datums grouped so a batch's logits (padded tokens x vocabulary) stay under
+        LOGITS_PER_BATCH floats: memory stays bounded whatever the batch size."""
+        chunk: list[dict[str, Any]] = []
+        width = 0
+        for d in data:
+            w = max(width, len(d["tokens"]))
+            if chunk and (len(chunk) + 1) * w * self.vocab > LOGITS_PER_BATCH:
+                yield chunk
+                chunk, w = [], len(d["tokens"])
+            chunk.append(d)
+            width = w
+        if chunk:
+            yield chunk
 
     def _check_tokens(self, ids: list[int], where: str) -> None:
         for t in ids:
