@@ -1,17 +1,24 @@
 """kill -9 of the gateway in the middle of a run: its workers go too, and after a restart the saved
-checkpoints are intact and the run continues from its last saved state (with the official tinker SDK)."""
+checkpoints are intact and the run continues from its last saved state (with the official tinker SDK).
+
+Checkpoints live on the storage layer: the test runs once with local files and once with an S3 bucket
+(moto's server, a real process), and wipes the gateway's local checkpoint cache while it is down, so the
+restarted gateway must load the state from the store itself."""
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from _training import make_key, start_training_gateway, tiny_model, training_config  # noqa: F401
 from hybridgate.testing.procs import write_config
+from test_storage import make_bucket, s3_server  # noqa: F401 - the moto server fixture
 
 tinker = pytest.importorskip("tinker")
 from tinker import types  # noqa: E402
@@ -46,11 +53,43 @@ def _pending(work: Path) -> bool:
         db.close()
 
 
+def _stored_keys(cfg: dict[str, Any], work: Path) -> list[str]:
+    """The keys of the objects in the gateway's store (the local files folder, or the bucket)."""
+    st = cfg.get("storage")
+    if st is None:
+        root = work / "files" / "objects"
+        return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    import boto3
+
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=st["endpoint_url"],
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
+    bucket = st["url"].removeprefix("s3://").split("/")[0]
+    return sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", []))
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
 def test_a_killed_gateway_leaves_intact_checkpoints_and_the_run_continues(
+    where: str,
+    request: pytest.FixtureRequest,
     tmp_path: Path,
     tiny_model: Path,  # noqa: F811
 ) -> None:
     cfg = training_config(tmp_path, tiny_model)
+    if where == "s3":
+        endpoint = request.getfixturevalue("s3_server")
+        make_bucket(endpoint, "ckpts-recovery")
+        cfg["storage"] = {
+            "url": "s3://ckpts-recovery/gw",
+            "endpoint_url": endpoint,
+            "region": "us-east-1",
+            "access_key_id": "test",
+            "secret_access_key": "test",
+        }
     write_config(cfg, tmp_path)
     key = make_key(tmp_path, "researcher")
     proc = start_training_gateway(tmp_path, cfg)
@@ -85,8 +124,13 @@ def test_a_killed_gateway_leaves_intact_checkpoints_and_the_run_continues(
         time.sleep(0.1)
     assert not any(_alive(w) for w in workers), "a worker outlived its gateway"
     folder = tmp_path / "training" / "runs"
-    assert any(folder.rglob("adapter_model.safetensors")) and any(folder.rglob("optimizer.pt"))
     assert not list(folder.rglob("*.tmp")), "a half-written checkpoint was left behind"
+    stored = _stored_keys(cfg, tmp_path)
+    assert [k for k in stored if k.endswith("/weights/before-crash/checkpoint.json")], stored
+    assert [k for k in stored if k.endswith("/adapter_model.safetensors")], stored
+    assert [k for k in stored if k.endswith("/optimizer.pt")], stored
+    # The local folders are only a cache: the restarted gateway must read the state from the store.
+    shutil.rmtree(folder)
 
     proc = start_training_gateway(tmp_path, cfg)
     try:
@@ -115,6 +159,10 @@ def test_a_killed_gateway_leaves_intact_checkpoints_and_the_run_continues(
         resumed.optim_step(types.AdamParams(learning_rate=5e-3)).result()
         after = resumed.forward(batch, "cross_entropy").result().metrics["loss:sum"]
         assert after < saved_loss
+        # Deleting the checkpoint removes it from the store
+        rc.delete_checkpoint_from_tinker_path(state).result()
+        assert rc.list_checkpoints(tc.model_id).result().checkpoints == []
+        assert not [k for k in _stored_keys(cfg, tmp_path) if "/before-crash/" in k]
         sc.close("success")
     finally:
         proc.stop()

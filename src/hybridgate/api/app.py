@@ -87,7 +87,9 @@ class Gateway:
             training = parse_training(config.training)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        self.training = TrainingService(training, self.store, self.ledger) if training.enabled else None
+        self.training = (
+            TrainingService(training, self.store, self.ledger, self.storage) if training.enabled else None
+        )
         self.inference = InferenceService(self.manager, self.ledger.hooks_for)
         self.routes = routes = InferenceRoutes(
             self.inference, config.server.max_body_bytes, config.server.body_timeout_s

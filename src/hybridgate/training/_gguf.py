@@ -26,7 +26,19 @@ GGUF_MAGIC = b"GGUF"
 
 # Metadata value types (gguf spec): fixed-size ones as struct formats; 8 is a string, 9 an array.
 _SCALAR = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
-_NUMPY = {0: "u1", 1: "i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "?", 10: "<u8", 11: "<i8", 12: "<f8"}
+_NUMPY = {
+    0: "u1",
+    1: "i1",
+    2: "<u2",
+    3: "<i2",
+    4: "<u4",
+    5: "<i4",
+    6: "<f4",
+    7: "?",
+    10: "<u8",
+    11: "<i8",
+    12: "<f8",
+}
 
 # ggml tensor types: (elements per block, bytes per block)
 F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, BF16 = 0, 1, 2, 3, 6, 7, 8, 12, 13, 14, 30
@@ -132,7 +144,9 @@ def read_gguf(path: str | Path) -> GgufFile:
     tensors = {}
     for name, shape, gtype, off in infos:
         if gtype not in _BLOCK:
-            raise GgufError(f"{path}: tensor {name} has ggml type {gtype}, which this reader does not dequantize")
+            raise GgufError(
+                f"{path}: tensor {name} has ggml type {gtype}, which this reader does not dequantize"
+            )
         per, size = _BLOCK[gtype]
         n = int(np.prod(shape)) if shape else 1
         tensors[name] = Tensor(name, shape, gtype, data_start + off, n // per * size)

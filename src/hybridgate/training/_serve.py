@@ -186,7 +186,7 @@ async def serve_checkpoint(gw: Gateway, p: Principal, run_id: str, kind: str, na
         kind="lora",
         models={model: model},
         price=PriceConfig(free=True),
-        options={"base_model_path": w.path, "adapter": str(svc.files.folder(run_id, kind, name))},
+        options={"base_model_path": w.path, "adapter": str(await svc.fetch(run_id, kind, name))},
     )
     await gw.manager.add(AdapterBackend(cfg, worker=w, adapter=adapter))
     svc.served[model] = run_id

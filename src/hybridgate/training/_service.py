@@ -29,7 +29,8 @@ from hybridgate.protocol import (
     NotFoundError,
     PermissionDeniedError,
 )
-from hybridgate.training._checkpoints import CheckpointFiles
+from hybridgate.storage import StorageError
+from hybridgate.training._checkpoints import CheckpointError, CheckpointFiles, CheckpointStore
 from hybridgate.training._config import TrainingConfig
 from hybridgate.training._tables import (
     sampling_sessions,
@@ -43,6 +44,7 @@ from hybridgate.training._worker import Worker, WorkerError
 if TYPE_CHECKING:
     from hybridgate.auth import Principal
     from hybridgate.ledger import Ledger
+    from hybridgate.storage import Storage
     from hybridgate.store import Store
 
 log = logging.getLogger("hybridgate.training")
@@ -127,11 +129,12 @@ def check_name(name: str, param: str = "path") -> str:
 
 
 class TrainingService:
-    def __init__(self, config: TrainingConfig, store: Store, ledger: Ledger) -> None:
+    def __init__(self, config: TrainingConfig, store: Store, ledger: Ledger, storage: Storage) -> None:
         self.config = config
         self.store = store
         self.ledger = ledger
-        self.files = CheckpointFiles(config.data_dir)
+        # Local folders (the workers' side, a cache) and the storage layer, where checkpoints live
+        self.files = CheckpointStore(storage, CheckpointFiles(config.data_dir))
         self.workers: dict[str, Worker] = {}
         self._starting: dict[str, asyncio.Task[Worker]] = {}
         self.runs: dict[str, Run] = {}
@@ -201,7 +204,7 @@ class TrainingService:
                 model,
                 path,
                 self.config.device,
-                str(self.files.root),
+                str(self.files.local_root),
                 self.config.threads,
                 self.config.cache_dir,
             )
@@ -634,6 +637,11 @@ class TrainingService:
             meta={"run_id": run.id, "name": name},
             merged=kind == "merged",
         )
+        try:
+            res["size_bytes"] = await self.files.commit(run.id, kind, name)
+        except (StorageError, CheckpointError) as e:
+            raise StepError(f"checkpoint {ckpt_id} could not be stored: {e}", "server") from None
+        res["uri"] = self.files.uri(run.id, kind, name)
         async with self.store.engine.begin() as conn:
             await conn.execute(
                 delete(training_checkpoints).where(
@@ -665,7 +673,11 @@ class TrainingService:
                     )
                 )
             ).first()
-        if row is None or not self.files.exists(run_id, kind, name):
+        try:
+            stored = row is not None and await self.files.exists(run_id, kind, name)
+        except StorageError as e:
+            raise StepError(f"checkpoint tinker://{run_id}/{kind}/{name}: {e}", "server") from None
+        if row is None or not stored:
             raise StepError(f"checkpoint tinker://{run_id}/{kind}/{name} does not exist", "user")
         if row.key_id != p.key_id and not p.is_master:
             raise StepError(f"checkpoint tinker://{run_id}/{kind}/{name} belongs to another API key", "user")
@@ -685,7 +697,7 @@ class TrainingService:
             await self.checkpoint(p, run_id, kind, name)
         except StepError as e:
             raise NotFoundError(e.message) from None
-        await asyncio.to_thread(self.files.delete, run_id, kind, name)
+        await self.files.delete(run_id, kind, name)
         async with self.store.engine.begin() as conn:
             await conn.execute(
                 delete(training_checkpoints).where(
@@ -697,17 +709,30 @@ class TrainingService:
     async def load_adapter(self, p: Principal, run_id: str, kind: str, name: str) -> tuple[Worker, str, str]:
         """A saved checkpoint loaded (once) into its base model's worker for sampling: (worker, adapter, base)."""
         await self.checkpoint(p, run_id, kind, name)
-        meta = await asyncio.to_thread(self.files.read_meta, run_id, kind, name)
+        meta = await self.read_meta(run_id, kind, name)
         base = meta["base_model"]
         w = await self.worker(base)
         adapter = f"ckpt:{run_id}/{kind}/{name}"
+        folder = await self.fetch(run_id, kind, name)
         try:
-            await w.call(
-                "load", run=adapter, folder=str(self.files.folder(run_id, kind, name)), optimizer=False
-            )
+            await w.call("load", run=adapter, folder=str(folder), optimizer=False)
         except WorkerError as e:
             raise StepError(e.message, e.category) from None
         return w, adapter, base
+
+    async def read_meta(self, run_id: str, kind: str, name: str) -> dict[str, Any]:
+        """A stored checkpoint's record (base model, LoRA settings, files); StepError when unreadable."""
+        try:
+            return await self.files.read_meta(run_id, kind, name)
+        except (StorageError, CheckpointError) as e:
+            raise StepError(f"checkpoint tinker://{run_id}/{kind}/{name}: {e}", "server") from None
+
+    async def fetch(self, run_id: str, kind: str, name: str) -> Path:
+        """A stored checkpoint as a local folder a worker can load (from the cache, or downloaded)."""
+        try:
+            return await self.files.fetch(run_id, kind, name)
+        except (StorageError, CheckpointError) as e:
+            raise StepError(f"checkpoint tinker://{run_id}/{kind}/{name}: {e}", "server") from None
 
     # --- sessions -------------------------------------------------------------------------------
     async def create_session(self, p: Principal) -> str:

@@ -393,7 +393,7 @@ def router(auth: Authenticator, svc: Callable[[], TrainingService]) -> APIRouter
 
         async def work() -> tuple[str, bytes]:
             await s.checkpoint(p, src, kind, name)
-            meta = s.files.read_meta(src, kind, name)
+            meta = await s.read_meta(src, kind, name)
             base = meta["base_model"]
             if data.get("base_model") and data["base_model"] != base:
                 raise StepError(f"checkpoint {path} is for base model {base}, not {data['base_model']}")
@@ -407,7 +407,7 @@ def router(auth: Authenticator, svc: Callable[[], TrainingService]) -> APIRouter
                 meta["lora"],
                 None,
                 data.get("user_metadata"),
-                from_folder=(s.files.folder(src, kind, name), optimizer),
+                from_folder=(await s.fetch(src, kind, name), optimizer),
             )
             return JSON, orjson.dumps({"type": "load_weights", "path": path, "model_id": run_id})
 
@@ -597,7 +597,10 @@ def router(auth: Authenticator, svc: Callable[[], TrainingService]) -> APIRouter
             await s.checkpoint(p, run_id, kind, name)
         except StepError as e:
             raise NotFoundError(e.message, param="tinker_path") from None
-        meta = s.files.read_meta(run_id, kind, name)
+        try:
+            meta = await s.read_meta(run_id, kind, name)
+        except StepError as e:
+            raise UpstreamUnavailableError(e.message) from None
         lora = meta["lora"]
         return _json(
             {

@@ -227,7 +227,7 @@ def router(gw: Gateway, principal: Callable[..., Awaitable[Principal]]) -> APIRo
                 await s.checkpoint(p, src_run, kind, name)
             except StepError as e:
                 raise BadRequestError(e.message, param="from_checkpoint") from None
-            folder = (s.files.folder(src_run, kind, name), kind == "weights")
+            folder = (await _step(lambda: s.fetch(src_run, kind, name)), kind == "weights")
         await _step(lambda: s.create_run(p, run_id, "json", base, lora, seed, None, from_folder=folder))
         return await show(p, run_id)
 
@@ -367,6 +367,7 @@ def router(gw: Gateway, principal: Callable[..., Awaitable[Principal]]) -> APIRo
             "id": res["checkpoint_id"],
             "kind": what,
             "path": res["folder"],
+            "uri": res["uri"],
             "tinker_path": res["tinker_path"] if what != "merged" else None,
             "size_bytes": res["size_bytes"],
         }
