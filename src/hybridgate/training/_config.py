@@ -25,7 +25,8 @@ class TrainingConfig(_Strict):
     enabled: bool = True
     # auto: CUDA when torch sees a GPU, else the CPU
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # Checkpoints and exported tokenizers (local files; see training/_checkpoints.py)
+    # Local working folder: the workers' checkpoint cache (checkpoints live on the storage layer, see
+    # training/_checkpoints.py) and exported tokenizers
     data_dir: str = "./.hybridgate/training"
     # A GGUF base model converted once to a model folder (minutes), kept here (unset: data_dir/base)
     cache_dir: str | None = None
