@@ -28,6 +28,7 @@ from hybridgate.protocol import (
     GatewayError,
     NotFoundError,
     PermissionDeniedError,
+    UpstreamUnavailableError,
 )
 from hybridgate.storage import StorageError
 from hybridgate.training._checkpoints import CheckpointError, CheckpointFiles, CheckpointStore
@@ -697,7 +698,12 @@ class TrainingService:
             await self.checkpoint(p, run_id, kind, name)
         except StepError as e:
             raise NotFoundError(e.message) from None
-        await self.files.delete(run_id, kind, name)
+        try:
+            await self.files.delete(run_id, kind, name)
+        except StorageError as e:
+            raise UpstreamUnavailableError(
+                f"checkpoint tinker://{run_id}/{kind}/{name}: {e}", code="storage_unavailable"
+            ) from None
         async with self.store.engine.begin() as conn:
             await conn.execute(
                 delete(training_checkpoints).where(

@@ -600,7 +600,7 @@ def router(auth: Authenticator, svc: Callable[[], TrainingService]) -> APIRouter
         try:
             meta = await s.read_meta(run_id, kind, name)
         except StepError as e:
-            raise UpstreamUnavailableError(e.message) from None
+            raise UpstreamUnavailableError(e.message, code="storage_unavailable") from None
         lora = meta["lora"]
         return _json(
             {
