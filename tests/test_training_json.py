@@ -127,6 +127,10 @@ def test_adapter_and_merged_saves_load_back_with_the_same_logits(gw: dict[str, A
     adapter = c.save(run["id"], "adapter", "final")
     merged = c.save(run["id"], "merged", "final-merged")
     assert adapter["tinker_path"].endswith("/sampler_weights/final") and merged["tinker_path"] is None
+    # kept by the gateway's storage (local files here); `path` is the local copy torch reads
+    assert adapter["uri"].startswith("file://") and adapter["uri"].endswith(
+        "/sampler_weights/final/checkpoint.json"
+    )
 
     def logprobs(model: Any) -> list[float]:
         with torch.no_grad():
