@@ -61,11 +61,24 @@ def test_dequantized_tensors_match_transformers_torch_kernels(packaged: Path, gg
     assert float(np.abs(mine).max()) > 0
 
 
-def test_a_file_that_is_not_gguf_is_refused(tmp_path: Path) -> None:
+def test_a_file_that_is_not_gguf_or_is_cut_short_is_refused(tmp_path: Path, packaged: Path) -> None:
     bad = tmp_path / "x.gguf"
     bad.write_bytes(b"NOPE" + bytes(100))
     with pytest.raises(GgufError, match="not a GGUF"):
         read_gguf(bad)
+    (tmp_path / "empty.gguf").write_bytes(b"")
+    with pytest.raises(GgufError, match="empty"):
+        read_gguf(tmp_path / "empty.gguf")
+    with packaged.open("rb") as fh:
+        head = fh.read(2_000_000)  # the header stops inside the vocabulary
+    (tmp_path / "cut.gguf").write_bytes(head)
+    with pytest.raises(GgufError, match="truncated or corrupt"):
+        read_gguf(tmp_path / "cut.gguf")
+    with packaged.open("rb") as fh:
+        head = fh.read(packaged.stat().st_size // 2)  # the metadata whole, half the tensors missing
+    (tmp_path / "half.gguf").write_bytes(head)
+    with pytest.raises(GgufError, match="runs past the end"):
+        read_gguf(tmp_path / "half.gguf")
 
 
 def test_the_converted_model_predicts_as_llama_cpp_does_on_the_gguf(packaged: Path) -> None:

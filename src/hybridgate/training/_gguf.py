@@ -13,6 +13,7 @@ Architectures covered: `gemma3` (the packaged model). Any other GGUF goes throug
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import shutil
 import struct
@@ -92,10 +93,24 @@ class GgufFile:
 
 
 def read_gguf(path: str | Path) -> GgufFile:
-    """The metadata (string arrays as lists, numeric arrays as numpy) and tensor table of a GGUF file."""
+    """The metadata (string arrays as lists, numeric arrays as numpy) and tensor table of a GGUF file;
+    GgufError saying what is wrong when it is not one this module reads."""
     path = Path(path)
     with path.open("rb") as fh:
-        buf = memoryview(fh.read(min(path.stat().st_size, 64 * 1024 * 1024)))
+        try:
+            mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        except ValueError:  # an empty file
+            raise GgufError(f"{path} is not a GGUF file (it is empty)") from None
+    try:
+        with memoryview(mm) as buf:
+            return _parse(path, buf)
+    except (struct.error, IndexError, UnicodeDecodeError, OverflowError) as e:
+        raise GgufError(f"{path} is truncated or corrupt ({type(e).__name__}: {e})") from None
+    finally:
+        mm.close()
+
+
+def _parse(path: Path, buf: memoryview) -> GgufFile:
     if bytes(buf[:4]) != GGUF_MAGIC:
         raise GgufError(f"{path} is not a GGUF file (no GGUF magic bytes)")
     version, n_tensors, n_kv = struct.unpack_from("<IQQ", buf, 4)
@@ -105,7 +120,9 @@ def read_gguf(path: str | Path) -> GgufFile:
 
     def string(pos: int) -> tuple[str, int]:
         (n,) = struct.unpack_from("<Q", buf, pos)
-        return str(buf[pos + 8 : pos + 8 + n], "utf-8", "replace"), pos + 8 + n
+        if pos + 8 + n > len(buf):
+            raise IndexError("a string runs past the end of the file")
+        return str(buf[pos + 8 : pos + 8 + n], "utf-8"), pos + 8 + n
 
     def value(vtype: int, pos: int) -> tuple[Any, int]:
         if vtype in _SCALAR:
@@ -149,7 +166,10 @@ def read_gguf(path: str | Path) -> GgufFile:
             )
         per, size = _BLOCK[gtype]
         n = int(np.prod(shape)) if shape else 1
-        tensors[name] = Tensor(name, shape, gtype, data_start + off, n // per * size)
+        t = Tensor(name, shape, gtype, data_start + off, n // per * size)
+        if t.offset + t.nbytes > len(buf):
+            raise GgufError(f"{path} is truncated: tensor {name} runs past the end of the file")
+        tensors[name] = t
     return GgufFile(path, meta, tensors)
 
 
