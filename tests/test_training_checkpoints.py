@@ -157,3 +157,15 @@ async def test_delete_removes_the_record_the_objects_and_the_cache(storage: Stor
     assert keys and all("/keep/" in k for k in keys)
     assert await store.delete("run_d", "weights", "drop") is False
     assert _read(await store.fetch("run_d", "weights", "keep")) == {"a.bin": b"keep"}
+
+
+async def test_names_starting_with_a_dot_dash_or_underscore_stay_distinct(
+    storage: Storage, tmp_path: Path
+) -> None:
+    files = CheckpointFiles(tmp_path / "cache")
+    store = CheckpointStore(storage, files)
+    for name in (".x", "_.x", "-x", "x"):
+        _save(files, "run_e", "weights", name, {"a.bin": name.encode()})
+        await store.commit("run_e", "weights", name)
+    for name in (".x", "_.x", "-x", "x"):
+        assert _read(await store.fetch("run_e", "weights", name)) == {"a.bin": name.encode()}

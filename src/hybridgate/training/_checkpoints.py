@@ -34,9 +34,11 @@ META = "checkpoint.json"
 
 
 def _safe(part: str) -> str:
-    """A run id or name as a folder name and storage key segment (`session:train:0` -> `session_train_0`)."""
+    """A run id or name as a folder name and storage key segment (`session:train:0` -> `session_train_0`).
+    A key segment must start with a letter or digit or `_`: a leading `.`, `-` or `_` gets a `_` put before
+    it, so checkpoint names (letters, digits, `-_.`) stay distinct (`.x` -> `_.x`, `_.x` -> `__.x`)."""
     out = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in part)
-    return out if out[:1].isalnum() or out[:1] == "_" else "_" + out
+    return out if out[:1].isascii() and out[:1].isalnum() else "_" + out
 
 
 class CheckpointFiles:
