@@ -15,7 +15,7 @@ import pytest
 
 from hybridgate.storage import LocalStorage, S3Storage, Storage
 from hybridgate.training._checkpoints import META, CheckpointError, CheckpointFiles, CheckpointStore
-from test_storage import make_bucket, s3_server  # noqa: F401 - the moto server fixture
+from test_storage import make_bucket
 
 _n = iter(range(1000))
 

@@ -18,7 +18,7 @@ import pytest
 
 from _training import make_key, start_training_gateway, tiny_model, training_config  # noqa: F401
 from hybridgate.testing.procs import write_config
-from test_storage import make_bucket, s3_server  # noqa: F401 - the moto server fixture
+from test_storage import make_bucket
 
 tinker = pytest.importorskip("tinker")
 from tinker import types  # noqa: E402
