@@ -169,7 +169,7 @@ async def _stream(
     error: BaseException | None = None
     held = b""  # the last group, when the backend said the stream ended with it: written with the tail
     shape = InferenceService.shape
-    model_json = orjson.dumps(model)
+    model_json = _json_string(model)
     try:
         # One write per group the backend received: a syscall per event would cost more than the rest.
         async for batch in stream.batches():
@@ -186,6 +186,7 @@ async def _stream(
                 held = body
             elif body:
                 await send({"type": "http.response.body", "body": body, "more_body": True})
+            batch = body = None  # type: ignore[assignment]  # not held while the next token is awaited
     except Exception as e:
         # A backend failure (or, never expected, a bug of ours) after the first byte: end in shape.
         error = e
@@ -232,6 +233,13 @@ async def _stream(
 
 
 _MISSING = object()
+
+
+@functools.lru_cache(maxsize=1024)
+def _json_string(model: str) -> bytes:
+    """A model name as a JSON string, once per name: each `orjson.dumps` result holds a 4 KB buffer
+    whatever its length, which a long stream would keep for its whole life."""
+    return orjson.dumps(model)
 
 
 def _passthrough(

@@ -140,15 +140,15 @@ class OpenAIBackend(HTTPBackend):
         try:
             while not done:
                 data = await resp.readany()
-                lines = (partial + data).split(b"\n")
-                partial = lines.pop() if data else b""
-                batch, raw, done, error = _events(lines)
-                if batch:
-                    # The events' own bytes ride along: written on untouched when nothing must change.
-                    yield Batch(batch, done, b"\n\n".join(raw) + b"\n\n")
+                ended = not data
+                group, partial, done, error = _group(partial, data)
+                data = b""
+                if group is not None:
+                    yield group
+                    group = None  # not held while the next read waits (most of a stream's life)
                 if error is not None:
                     raise error
-                if not data:
+                if ended:
                     break
         except _http.HTTPClientError as e:
             raise self._error(e, "stream") from None
@@ -203,6 +203,16 @@ class OpenAIBackend(HTTPBackend):
             raise BackendHTTPError(
                 f"health check {self._health_url} answered HTTP {resp.status}", status=resp.status
             )
+
+
+def _group(partial: bytes, data: bytes) -> tuple[Batch | None, bytes, bool, BackendStreamError | None]:
+    """The events of one read (after the line a previous read cut in two), as a group; the new partial
+    line, whether `[DONE]` came, and a bad event's error (after the good ones)."""
+    lines = (partial + data).split(b"\n")
+    partial = lines.pop() if data else b""
+    batch, raw, done, error = _events(lines)
+    # The events' own bytes ride along: written on untouched when nothing must change.
+    return (Batch(batch, done, b"\n\n".join(raw) + b"\n\n") if batch else None), partial, done, error
 
 
 def _events(

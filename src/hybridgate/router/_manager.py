@@ -710,13 +710,17 @@ class Stream:
 
     async def batches(self) -> AsyncIterator[list[dict[str, Any]]]:
         """The chunks in the groups the backend received them in (the API writes a group at once)."""
-        for chunk in self._first:
+        # Nothing is held past its write: a stream idles between tokens far longer than it takes to write
+        # one, so a group kept until the next read would be most of a long stream's resident memory.
+        batch, self._first = self._first, []
+        for chunk in batch:
             self._observe(chunk)
-        yield self._first
+        yield batch
         async for batch in self._it:
             for chunk in batch:
                 self._observe(chunk)
             yield batch
+            batch = chunk = None  # type: ignore[assignment]
 
     async def settle(self, error: BaseException | None = None, *, client_gone: bool = False) -> None:
         """Record the attempt's outcome; safe to call more than once."""
