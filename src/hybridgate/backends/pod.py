@@ -59,19 +59,69 @@ from hybridgate.protocol import Endpoint
 log = logging.getLogger("hybridgate.pods")
 
 
+class SkyPilotOptions(BaseModel):
+    """`options.skypilot` of a pod backend whose provider is skypilot (see cloud/skypilot.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # The Python of the environment with skypilot==0.14.1 (default: HYBRIDGATE_SKYPILOT_PYTHON, ./.venv-sky).
+    python: str | None = None
+    # The SkyPilot API server (default: SKYPILOT_API_SERVER_ENDPOINT, then ~/.sky/config.yaml).
+    api_server: str | None = None
+    # Where to launch: "aws", "gcp/us-central1", "azure", ... (default: any cloud the server has enabled).
+    infra: str | None = None
+    spot: Literal["spot_then_on_demand", "spot", "on_demand"] = "spot_then_on_demand"
+    cpus: str | None = None
+    memory: str | None = None
+    disk_size: int | None = Field(None, ge=1)
+    # The model server's command; $MODEL, $PORT and $HYBRIDGATE_REPLICA_API_KEY are set for it.
+    run: str = Field(
+        'vllm serve "$MODEL" --host 0.0.0.0 --port "$PORT" --api-key "$HYBRIDGATE_REPLICA_API_KEY"',
+        min_length=1,
+    )
+    setup: str | None = None
+    # The dead-man switch: SkyPilot autostop (wait_for none) after this many minutes without a heartbeat
+    # from the gateway; down (default) or stop.
+    deadman_minutes: int = Field(60, ge=1, le=10_080)
+    deadman_down: bool = True
+    call_timeout_s: float = Field(300.0, gt=0)
+
+    def settings(self) -> Any:
+        from hybridgate.cloud.skypilot import SkyPilotSettings
+
+        return SkyPilotSettings(
+            python=self.python,
+            api_server=self.api_server,
+            infra=self.infra,
+            spot=self.spot,
+            cpus=self.cpus,
+            memory=self.memory,
+            disk_size=self.disk_size,
+            run=self.run,
+            setup=self.setup,
+            deadman_minutes=self.deadman_minutes,
+            deadman_down=self.deadman_down,
+            call_timeout_s=self.call_timeout_s,
+        )
+
+
 class PodOptions(BaseModel):
     """`options` of a pod backend."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    provider: Literal["runpod"] = "runpod"
-    # The provider's API base URL (default: its public API; RUNPOD_API_BASE_URL also works).
+    provider: Literal["runpod", "skypilot"] = "runpod"
+    # The provider's API base URL (default: its public API; RUNPOD_API_BASE_URL also works). RunPod only.
     provider_url: str | None = None
-    gpu_types: list[str] = Field(min_length=1)
+    # GPU types tried in order (RunPod type ids; SkyPilot accelerator names such as T4, L4, A10G; empty
+    # with skypilot: a CPU-only instance).
+    gpu_types: list[str] = Field(default_factory=list)
     data_centers: list[str] = Field(default_factory=list)
     cloud_type: Literal["SECURE", "COMMUNITY", "ALL"] = "SECURE"
     gpu_count: int = Field(1, ge=1, le=16)
-    image: str = Field(min_length=1)
+    # The container image (RunPod: required; SkyPilot: optional, run as docker:<image>).
+    image: str = ""
+    skypilot: SkyPilotOptions | None = None
     docker_args: str = ""
     env: dict[str, str] = Field(default_factory=dict)
     port: int = Field(8000, ge=1, le=65535)
@@ -105,6 +155,21 @@ class PodOptions(BaseModel):
             raise ValueError(
                 f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})"
             )
+        if self.provider == "runpod":
+            if not self.gpu_types:
+                raise ValueError("gpu_types: at least one GPU type is needed with provider runpod")
+            if not self.image.strip():
+                raise ValueError("image: the container image is needed with provider runpod")
+            if self.skypilot is not None:
+                raise ValueError("skypilot: only with provider skypilot")
+        else:
+            if self.data_centers:
+                raise ValueError(
+                    "data_centers: RunPod only; with provider skypilot say where in skypilot.infra "
+                    "(e.g. 'aws/us-east-1')"
+                )
+            if self.provider_url is not None:
+                raise ValueError("provider_url: RunPod only; with provider skypilot use skypilot.api_server")
         return self
 
 
@@ -225,12 +290,30 @@ class PodBackend(Backend):
         self._owner = True
         self._requested_until = 0.0  # a follower asked the owner for capacity: "coming" until then
         self._seen_wanted = 0.0
+        self._journal_engine: Callable[[], Any] | None = None
+        self._heartbeats: dict[str, float] = {}  # pod id -> when its provider heartbeat last went out
+        self._beating: set[asyncio.Task[None]] = set()
+        # The model server's key. SkyPilot opens the port publicly, so it always has one: configured
+        # (so a restarted gateway can talk to the clusters it adopts) or random per process.
+        self.replica_key: str | None = o.replica_api_key or (
+            secrets.token_urlsafe(24) if o.provider == "skypilot" else None
+        )
 
     def attach_store(self, engine: Callable[[], Any]) -> None:
         """Share the pool's decisions with other gateway processes through the database's lease row."""
         o: PodOptions = self.options
         self.lease = Lease(engine, self.name, secrets.token_hex(8), ttl_s=max(o.lease_ttl_s, 2 * o.poll_s))
         self._owner = False  # until the first tick says otherwise
+        self._journal_engine = engine
+        if self._provider is not None:
+            self._attach_journal(self._provider)
+
+    def _attach_journal(self, provider: Provider) -> None:
+        """A provider whose requests outlive a call (SkyPilot) records their ids in the database."""
+        if hasattr(provider, "journal") and self._journal_engine is not None:
+            from hybridgate.cloud.skypilot import RequestJournal
+
+            provider.journal = RequestJournal(self._journal_engine)
 
     @property
     def owner(self) -> bool:
@@ -241,9 +324,14 @@ class PodBackend(Backend):
     def provider(self) -> Provider:
         if self._provider is None:
             o: PodOptions = self.options
+            settings = None
+            if o.provider == "skypilot":
+                settings = (o.skypilot or SkyPilotOptions()).settings()
             self._provider = make_provider(
-                o.provider, self.config.api_key, base_url=o.provider_url, port=o.port
+                o.provider, self.config.api_key, base_url=o.provider_url, port=o.port, settings=settings
             )
+            if self._journal_engine is not None:
+                self._attach_journal(self._provider)
         return self._provider
 
     @property
@@ -394,6 +482,7 @@ class PodBackend(Backend):
         for r in self.replicas:
             if r.segment_start is not None and now - r.segment_start >= o.cost_flush_s:
                 self._bill(r, close=False)
+        self._beat(now)
         ready = [r for r in self.replicas if r.lifecycle is Lifecycle.READY]
         pending = [r for r in self.replicas if r.lifecycle.coming]
         waiting, self._waiting = self._waiting, 0
@@ -416,6 +505,27 @@ class PodBackend(Backend):
             for r in sorted(ready, key=lambda r: r.in_flight)[: have - d.desired]:
                 r.set(Lifecycle.DRAINING, d.reason)
                 r.task = asyncio.create_task(self._drain(r, d.reason))
+
+    def _beat(self, now: float) -> None:
+        """Tell the provider the gateway still uses each running pod (re-arms its dead-man timer)."""
+        every = self.provider.heartbeat_s
+        if every is None:
+            return
+        for r in self.replicas:
+            if r.pod_id is None or r.lifecycle not in (Lifecycle.WARMING, Lifecycle.READY):
+                continue
+            last = self._heartbeats.setdefault(r.pod_id, now)  # launch/start armed it just now
+            if now - last >= every:
+                self._heartbeats[r.pod_id] = now
+                t = asyncio.create_task(self._heartbeat(r.pod_id), name=f"pods:{self.name}:heartbeat")
+                self._beating.add(t)
+                t.add_done_callback(self._beating.discard)
+
+    async def _heartbeat(self, pod_id: str) -> None:
+        try:
+            await self.provider.heartbeat(pod_id)
+        except CloudError as e:
+            self._event(f"re-arming the provider's dead-man timer of pod {pod_id} failed: {e.message}")
 
     async def _lease_tick(self, now: float) -> bool:
         """Renew or take the lease; True when this process decides. A follower follows the provider's
@@ -487,6 +597,7 @@ class PodBackend(Backend):
         env = dict(o.env)
         env.setdefault("MODEL", self._model)
         return PodSpec(
+            secrets={"HYBRIDGATE_REPLICA_API_KEY": self.replica_key} if self.replica_key else {},
             name=name,
             image=o.image,
             gpu_types=tuple(o.gpu_types),
@@ -592,7 +703,7 @@ class PodBackend(Backend):
             name=f"{self.name}.{r.pod_id}",
             kind="openai",
             base_url=endpoint,
-            api_key=o.replica_api_key,
+            api_key=self.replica_key,
             models=dict(self.config.models),
             timeouts=self.config.timeouts,
             health=HealthConfig(path=self.config.health.path, timeout_s=self.config.health.timeout_s),

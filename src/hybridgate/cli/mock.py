@@ -320,3 +320,39 @@ def _flag_errors(e: ValidationError) -> typer.Exit:
             f"--{'.'.join(str(p) for p in err['loc']).replace('_', '-')}: {err['msg']}" for err in e.errors()
         )
     )
+
+
+def mock_skypilot(
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 46590,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    launch_s: Annotated[
+        float, typer.Option(min=0, help="Seconds a launched or started cluster stays INIT before UP.")
+    ] = 0.2,
+    minute_s: Annotated[
+        float, typer.Option(min=0.01, help="How long one autostop minute lasts (seconds; tests shorten it).")
+    ] = 60.0,
+    no_capacity: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--no-capacity",
+            help="No capacity for: spot, on-demand, all, or an accelerator name such as T4 (repeatable).",
+        ),
+    ] = None,
+    no_servers: Annotated[
+        bool, typer.Option("--no-servers", help="Do not back UP clusters with a model server.")
+    ] = False,
+) -> None:
+    """Run a SkyPilot API server (0.14.1 wire protocol) on loopback; each UP cluster is backed by a real
+    mock-server. Point the SDK at it with SKYPILOT_API_SERVER_ENDPOINT."""
+    import uvicorn
+
+    from hybridgate.testing.mocks.skypilot import API_VERSION, VERSION, Faults, SkyPilotMock
+
+    faults = Faults(no_capacity=set(no_capacity or ()), launch_s=launch_s, minute_s=minute_s)
+    app = SkyPilotMock(faults=faults, backing_servers=not no_servers)
+    typer.secho(
+        f"hybridgate mock-skypilot: http://{host}:{port} (SkyPilot {VERSION}, API version {API_VERSION}; "
+        "set SKYPILOT_API_SERVER_ENDPOINT to it)",
+        err=True,
+    )
+    uvicorn.run(app, host=host, port=port, **uvicorn_kwargs())

@@ -52,6 +52,11 @@ class CloudMalformedError(CloudError):
     retryable = True
 
 
+class CloudSetupError(CloudError):
+    """What the provider needs on this machine is missing (e.g. the SkyPilot environment); the message
+    says how to create it."""
+
+
 class CloudProviderError(CloudError):
     """The provider reported an error of its own (its message is kept)."""
 
@@ -65,5 +70,6 @@ __all__ = [
     "CloudNotFoundError",
     "CloudProviderError",
     "CloudResumeError",
+    "CloudSetupError",
     "CloudUnavailableError",
 ]

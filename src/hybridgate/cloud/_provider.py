@@ -36,6 +36,9 @@ class PodSpec:
     container_disk_gb: int = 20
     volume_gb: int = 0
     spot: bool = False
+    # Values the model server needs that must not be logged (e.g. its API key). SkyPilot passes them as
+    # task `secrets`; RunPod has no such notion and does not send them.
+    secrets: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +85,12 @@ class Provider(ABC):
     @abstractmethod
     async def terminate(self, pod_id: str) -> None:
         """Delete a pod for good. A pod already gone is not an error."""
+
+    # Seconds between `heartbeat` calls for each running pod (None: the provider needs none).
+    heartbeat_s: float | None = None
+
+    async def heartbeat(self, pod_id: str) -> None:
+        """The gateway is alive and still uses this pod (re-arms a provider-side dead-man timer)."""
 
     def endpoint(self, info: PodInfo) -> str | None:
         return info.endpoint

@@ -30,7 +30,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 # Any fixed 64-bit number; only hybridgate's migrations take this advisory lock.
 _PG_LOCK_ID = 0x6879627269646761
 # The newest file in migrations/versions; tests/test_migrations.py checks that Alembic agrees.
-HEAD = "0006"
+HEAD = "0007"
 
 
 def alembic_config() -> AlembicConfig:
