@@ -8,7 +8,12 @@ BIN    := $(VENV)/bin
 EXTRAS ?= local,training
 TORCH  ?= torch==2.13.0
 
-.PHONY: run test test-fast lint format bench bench-streams install install-dev clean
+# The SkyPilot SDK lives in its own environment: skypilot 0.14.1 would downgrade the gateway's uvicorn and
+# click (the hot path). The skypilot pod provider runs it as a subprocess (cloud/skypilot.py).
+SKY_VENV ?= .venv-sky
+SKYPILOT ?= skypilot==0.14.1
+
+.PHONY: run test test-fast lint format bench bench-streams install install-dev sky-env clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,18 +32,29 @@ $(VENV)/.installed-dev-$(EXTRAS): pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed-$(EXTRAS)
 install-dev: $(VENV)/.installed-dev-$(EXTRAS)
 
+## make .venv-sky (or sky-env): the SkyPilot SDK, pinned, in its own environment (no cloud extras: those
+## belong where the SkyPilot API server runs)
+$(SKY_VENV)/.installed-skypilot:
+	$(PYTHON) -m venv $(SKY_VENV)
+	$(SKY_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(SKY_VENV)/bin/python -m pip install --quiet '$(SKYPILOT)'
+	touch $@
+
+$(SKY_VENV): $(SKY_VENV)/.installed-skypilot
+sky-env: $(SKY_VENV)/.installed-skypilot
+
 ## make run: the gateway on its embedded default (SQLite, local files, the mock and the local model);
 ## the first run creates an API key and prints it once (--first-key)
 run: install
 	$(BIN)/hybridgate serve --first-key $(ARGS)
 
 ## make test: install what the tests need and run the whole suite
-test: install-dev
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+test: install-dev sky-env
+	HYBRIDGATE_REQUIRE_SKYPILOT=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## make test-fast: the inner loop, without the local real model
-test-fast: install-dev
-	$(BIN)/python -m pytest -m "not local_model" $(PYTEST_ARGS)
+test-fast: install-dev sky-env
+	HYBRIDGATE_REQUIRE_SKYPILOT=1 $(BIN)/python -m pytest -m "not local_model" $(PYTEST_ARGS)
 
 lint: install-dev
 	$(BIN)/ruff check src tests benchmarks
@@ -57,4 +73,4 @@ bench-streams: install-dev
 	$(BIN)/python benchmarks/streams.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache build dist src/*.egg-info
+	rm -rf $(VENV) $(SKY_VENV) .pytest_cache .ruff_cache .mypy_cache build dist src/*.egg-info

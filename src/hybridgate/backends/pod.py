@@ -698,7 +698,6 @@ class PodBackend(Backend):
     def _replica_backend(self, r: Replica, endpoint: str) -> Backend:
         from hybridgate.backends.openai_http import OpenAIBackend
 
-        o: PodOptions = self.options
         cfg = BackendConfig(
             name=f"{self.name}.{r.pod_id}",
             kind="openai",

@@ -163,7 +163,13 @@ def op_down(cmd: dict[str, Any]) -> Any:
 
 
 def op_start(cmd: dict[str, Any]) -> Any:
+    from sky import exceptions
+
     sdk = _sdk()
+    # The start request itself only fails once it runs (minutes for a real cluster): say at once when
+    # there is nothing to start (a spot cluster is torn down, not stopped).
+    if not sdk.get(sdk.status([cmd["name"]], all_users=False)):
+        raise exceptions.ClusterDoesNotExist(f"Cluster {cmd['name']!r} does not exist.")
     rid = sdk.start(
         cmd["name"],
         idle_minutes_to_autostop=cmd.get("idle_minutes"),
@@ -215,33 +221,40 @@ OPS = {
 }
 
 
-def main() -> int:
-    out = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)  # whatever the SDK prints (e.g. "Running on cluster: ...") goes to stderr
-    sys.stdout = sys.stderr
+def answer(line: str) -> dict[str, Any]:
+    """One command's answer; every failure is an answer too, typed by its exception's class name."""
     try:
-        cmd = json.loads(sys.stdin.read())
+        cmd = json.loads(line)
         if not isinstance(cmd, dict) or cmd.get("op") not in OPS:
             raise ValueError(f"unknown command: {cmd!r:.200}")
         try:
             import sky  # noqa: F401
         except ImportError as e:
-            answer: dict[str, Any] = {
+            return {
                 "ok": False,
                 "error": {"type": "SkyPilotNotInstalled", "message": f"{sys.executable}: {e}"},
             }
-        else:
-            answer = {"ok": True, "result": OPS[cmd["op"]](cmd)}
-    except BaseException as e:  # every failure is one answer, typed by its class name
-        if isinstance(e, KeyboardInterrupt):
-            raise
-        answer = {
+        return {"ok": True, "result": OPS[cmd["op"]](cmd)}
+    except Exception as e:
+        traceback.print_exc(file=sys.stderr)
+        return {
             "ok": False,
             "error": {"type": type(e).__name__, "message": str(e)[:4000] or type(e).__name__},
         }
-        traceback.print_exc(file=sys.stderr)
-    out.write(json.dumps(answer, default=str) + "\n")
-    out.flush()
+
+
+def main() -> int:
+    """One command on stdin, one result line on stdout; with `--serve`, one per line until stdin ends
+    (the provider keeps such a worker, so `import sky` is paid once, not per call)."""
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # whatever the SDK prints (e.g. "Running on cluster: ...") goes to stderr
+    sys.stdout = sys.stderr
+    lines = sys.stdin if "--serve" in sys.argv[1:] else [sys.stdin.read()]
+    for line in lines:
+        if not line.strip():
+            continue
+        out.write(json.dumps(answer(line), default=str) + "\n")
+        out.flush()
     return 0
 
 

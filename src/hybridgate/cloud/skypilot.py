@@ -62,9 +62,7 @@ SETUP_HINT = (
     f"{PINNED}', only where the API server runs), and point options.skypilot.python or "
     "HYBRIDGATE_SKYPILOT_PYTHON at its bin/python"
 )
-DEFAULT_RUN = (
-    'vllm serve "$MODEL" --host 0.0.0.0 --port "$PORT" --api-key "$HYBRIDGATE_REPLICA_API_KEY"'
-)
+DEFAULT_RUN = 'vllm serve "$MODEL" --host 0.0.0.0 --port "$PORT" --api-key "$HYBRIDGATE_REPLICA_API_KEY"'
 SpotMode = Literal["spot_then_on_demand", "spot", "on_demand"]
 
 # SkyPilot's exception class names -> ours.
@@ -200,6 +198,8 @@ class SkyPilotProvider(Provider):
         # A dead-man timer re-armed at a third of its length: two missed beats still leave a margin.
         self.heartbeat_s = max(30.0, self.settings.deadman_minutes * 60.0 / 3)
         self.calls: list[str] = []  # ops run (for the pool's event log and tests)
+        self._idle: list[asyncio.subprocess.Process] = []  # driver workers waiting for a command
+        self._closed = False
 
     # --- the subprocess ----------------------------------------------------------------------------
     def _env(self) -> dict[str, str]:
@@ -212,55 +212,78 @@ class SkyPilotProvider(Provider):
             env["SKYPILOT_SERVICE_ACCOUNT_TOKEN"] = self.api_key
         return env
 
-    async def call(self, op: str, **args: Any) -> Any:
-        """Run one driver command; its result, or the named CloudError its failure maps to."""
+    async def _spawn(self) -> asyncio.subprocess.Process:
         python = find_python(self.settings.python)
-        payload = json.dumps({"op": op, **args}).encode()
-        async with self._gate:
-            self.calls.append(op)
-            try:
-                proc = await asyncio.create_subprocess_exec(
-                    str(python),
-                    str(DRIVER),
-                    stdin=asyncio.subprocess.PIPE,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.PIPE,
-                    env=self._env(),
-                )
-            except OSError as e:
-                raise CloudSetupError(
-                    f"cannot run the SkyPilot Python {python}: {e}; {SETUP_HINT}", provider=self.name
-                ) from None
-            try:
-                out, err = await asyncio.wait_for(
-                    proc.communicate(payload), timeout=self.settings.call_timeout_s
-                )
-            except BaseException as e:  # a timeout, or the caller was cancelled: the child goes too
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(proc.wait(), 5)
-                if isinstance(e, TimeoutError):
-                    raise CloudUnavailableError(
-                        f"SkyPilot {op} did not finish within {self.settings.call_timeout_s:g}s",
-                        provider=self.name,
-                    ) from None
-                raise
-        lines = [ln for ln in out.decode(errors="replace").splitlines() if ln.strip()]
         try:
-            answer = json.loads(lines[-1]) if lines else None
+            return await asyncio.create_subprocess_exec(
+                str(python),
+                str(DRIVER),
+                "--serve",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL,
+                env=self._env(),
+                limit=16 * 1024 * 1024,
+            )
+        except OSError as e:
+            raise CloudSetupError(
+                f"cannot run the SkyPilot Python {python}: {e}; {SETUP_HINT}", provider=self.name
+            ) from None
+
+    @staticmethod
+    async def _kill(proc: asyncio.subprocess.Process) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(proc.wait(), 5)
+
+    async def call(self, op: str, **args: Any) -> Any:
+        """Run one driver command in an idle worker (started on demand, at most max_parallel_calls);
+        its result, or the named CloudError its failure maps to."""
+        payload = json.dumps({"op": op, **args}).encode() + b"\n"
+        async with self._gate:
+            proc = self._idle.pop() if self._idle else await self._spawn()
+            self.calls.append(op)
+            ok = False
+            try:
+                assert proc.stdin is not None and proc.stdout is not None
+                proc.stdin.write(payload)
+                await proc.stdin.drain()
+                line = await asyncio.wait_for(proc.stdout.readline(), timeout=self.settings.call_timeout_s)
+                ok = bool(line)
+            except TimeoutError:
+                raise CloudUnavailableError(
+                    f"SkyPilot {op} did not finish within {self.settings.call_timeout_s:g}s",
+                    provider=self.name,
+                ) from None
+            except (ConnectionError, BrokenPipeError):
+                line = b""
+            finally:
+                if ok and not self._closed:
+                    self._idle.append(proc)
+                else:  # timed out, cancelled, or dead: the worker goes (a later call starts another)
+                    await self._kill(proc)
+        try:
+            answer = json.loads(line) if line else None
         except ValueError:
             answer = None
         if not isinstance(answer, dict) or "ok" not in answer:
-            tail = err.decode(errors="replace").strip().splitlines()[-3:]
+            if line == b"":
+                find_python(self.settings.python)  # a vanished interpreter is a setup error
             raise CloudMalformedError(
-                f"the SkyPilot driver ({python}) exited with code {proc.returncode} without a result: "
-                + (" | ".join(tail) or "no output"),
+                f"the SkyPilot driver ({self.settings.python or 'the SkyPilot Python'}) exited "
+                f"(code {proc.returncode}) without a result for {op}",
                 provider=self.name,
             )
         if answer["ok"]:
             return answer.get("result")
         raise self._error(answer.get("error") or {})
+
+    async def close(self) -> None:
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for proc in idle:  # no command in flight: nothing is lost by ending them now
+            await self._kill(proc)
 
     def _error(self, e: dict[str, Any]) -> CloudError:
         kind, msg = str(e.get("type") or "Error"), str(e.get("message") or "")[:1000]
@@ -318,7 +341,8 @@ class SkyPilotProvider(Provider):
             url = (endpoint if endpoint.startswith("http") else f"http://{endpoint}").rstrip("/") + "/v1"
         price = c.get("price_per_hour")
         where = "/".join(str(x) for x in (c.get("cloud"), c.get("region")) if x) or None
-        kind = {True: "spot", False: "on-demand"}.get(c.get("spot"))  # type: ignore[call-overload]
+        spot = c.get("spot")
+        kind = None if spot is None else "spot" if spot else "on-demand"
         return PodInfo(
             id=str(c["name"]),
             name=str(c["name"]),
@@ -356,27 +380,35 @@ class SkyPilotProvider(Provider):
         return PodInfo(id=spec.name, name=spec.name, status=PodStatus.RUNNING, cost_per_hr=0.0)
 
     async def _status(self, names: list[str] | None) -> dict[str, Any]:
+        """Clusters (all, or `names`) and the state of their unfinished requests; finished ones are
+        forgotten, failed ones kept in `answer["failed"]` by cluster for `status` to raise."""
         await self._load_journal()
-        rids = [r for n in (names or list(self.pending)) for r in self.pending.get(n, [])]
-        return dict(await self.call("status", names=names, request_ids=rids, port=self.port))
+        wanted = {n: list(self.pending.get(n, [])) for n in (names or list(self.pending))}
+        rids = [r for ids in wanted.values() for r in ids]
+        answer = dict(await self.call("status", names=names, request_ids=rids, port=self.port))
+        states = answer.get("requests") or {}
+        answer["failed"], answer["coming"] = {}, set()
+        for cluster, ids in wanted.items():
+            for rid in ids:
+                st = (states.get(rid) or {}).get("status")
+                if st in ("FAILED", "CANCELLED"):
+                    await self._forget(cluster, rid, st)
+                    answer["failed"][cluster] = (states.get(rid) or {}).get("error") or {
+                        "type": "RequestCancelled",
+                        "message": f"request {rid} was cancelled",
+                    }
+                elif st in ("SUCCEEDED", "UNKNOWN"):  # UNKNOWN: the server no longer has it
+                    await self._forget(cluster, rid, st)
+                elif st is not None:  # PENDING, RUNNING, WAITING
+                    answer["coming"].add(cluster)
+        return answer
 
     async def status(self, pod_id: str) -> PodInfo | None:
         check_name(pod_id, "cluster name")
         answer = await self._status([pod_id])
-        coming = False
-        for rid in list(self.pending.get(pod_id, [])):
-            state = (answer.get("requests") or {}).get(rid) or {}
-            st = state.get("status")
-            if st in ("FAILED", "CANCELLED"):
-                await self._forget(pod_id, rid, st)
-                err = state.get("error") or {"type": "RequestCancelled", "message": f"request {rid} {st}"}
-                raise self._error(err)
-            if st == "SUCCEEDED":
-                await self._forget(pod_id, rid, st)
-            elif st in ("PENDING", "RUNNING", "WAITING"):
-                coming = True
-            elif st == "UNKNOWN":  # the API server no longer knows it (restarted, or pruned)
-                await self._forget(pod_id, rid, st)
+        if pod_id in answer["failed"]:
+            raise self._error(answer["failed"][pod_id])
+        coming = pod_id in answer["coming"]
         for c in answer.get("clusters") or []:
             if c.get("name") == pod_id:
                 return self._info(c)

@@ -83,7 +83,7 @@ class SkyError(Exception):
         self.type, self.message = type_, message
 
     def encoded(self) -> dict[str, Any]:
-        obj = {
+        obj: dict[str, Any] = {
             "type": self.type,
             "message": self.message,
             "args": (self.message,),
@@ -327,7 +327,9 @@ class SkyPilotMock:
         return b"".join(chunks)
 
     @staticmethod
-    async def _json(send: Send, status: int, obj: Any, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    async def _json(
+        send: Send, status: int, obj: Any, extra: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
         headers = [(b"content-type", b"application/json"), *_HEADERS, *(extra or [])]
         await send_bytes(send, status, orjson.dumps(obj), headers)
 
@@ -432,9 +434,7 @@ class SkyPilotMock:
         spot = bool(cand.get("use_spot"))
         acc = cand.get("accelerators")
         names = set(acc) if isinstance(acc, dict) else {str(acc).split(":")[0]} if acc else {"cpu"}
-        return not (
-            "all" in nc or (spot and "spot" in nc) or (not spot and "on-demand" in nc) or names & nc
-        )
+        return not ("all" in nc or (spot and "spot" in nc) or (not spot and "on-demand" in nc) or names & nc)
 
     async def _do_launch(self, body: dict[str, Any], req: Request) -> Any:
         task = task_from_yaml(body.get("task") or "")
@@ -444,7 +444,7 @@ class SkyPilotMock:
             if existing.status == "STOPPED":
                 await self._bring_up(existing, "restarted by launch")
             return {"job_id": 1, "handle": None}
-        tried = []
+        tried: list[str] = []
         for cand in candidates(task):
             if self._has_capacity(cand):
                 c = Cluster(name, task, cand)
@@ -458,7 +458,9 @@ class SkyPilotMock:
                 await self._bring_up(c, "launched")
                 return {"job_id": 1, "handle": None}
             kind = "spot" if cand.get("use_spot") else "on-demand"
-            tried.append(f"{cand.get('accelerators') or 'cpu'} ({kind})")
+            acc = cand.get("accelerators")
+            what = ", ".join(f"{k}:{v}" for k, v in acc.items()) if isinstance(acc, dict) else acc
+            tried.append(f"{what or 'cpu'} ({kind})")
         raise SkyError(
             "ResourcesUnavailableError",
             "Failed to provision all possible launchable resources. Relax the task's resource "
