@@ -32,7 +32,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from hybridgate.backends._base import (
     Backend,
@@ -115,12 +116,12 @@ class PodOptions(BaseModel):
     provider_url: str | None = None
     # GPU types tried in order (RunPod type ids; SkyPilot accelerator names such as T4, L4, A10G; empty
     # with skypilot: a CPU-only instance).
-    gpu_types: list[str] = Field(default_factory=list)
+    gpu_types: list[str] = Field(default_factory=list, validate_default=True)
     data_centers: list[str] = Field(default_factory=list)
     cloud_type: Literal["SECURE", "COMMUNITY", "ALL"] = "SECURE"
     gpu_count: int = Field(1, ge=1, le=16)
     # The container image (RunPod: required; SkyPilot: optional, run as docker:<image>).
-    image: str = ""
+    image: str = Field("", validate_default=True)
     skypilot: SkyPilotOptions | None = None
     docker_args: str = ""
     env: dict[str, str] = Field(default_factory=dict)
@@ -149,6 +150,18 @@ class PodOptions(BaseModel):
     # Several gateway processes: a lease not renewed for this long (its holder crashed) is taken over.
     lease_ttl_s: float = Field(15.0, gt=0)
 
+    @field_validator("gpu_types", "image")
+    @classmethod
+    def _runpod_needs(cls, value: Any, info: ValidationInfo) -> Any:
+        if info.data.get("provider", "runpod") == "runpod" and not (
+            value.strip() if isinstance(value, str) else value
+        ):
+            what = "at least one GPU type" if info.field_name == "gpu_types" else "the container image"
+            raise PydanticCustomError(
+                "missing", "Field required ({what} with provider runpod)", {"what": what}
+            )
+        return value
+
     @model_validator(mode="after")
     def _bounds(self) -> PodOptions:
         if self.min_replicas > self.max_replicas:
@@ -156,10 +169,6 @@ class PodOptions(BaseModel):
                 f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})"
             )
         if self.provider == "runpod":
-            if not self.gpu_types:
-                raise ValueError("gpu_types: at least one GPU type is needed with provider runpod")
-            if not self.image.strip():
-                raise ValueError("image: the container image is needed with provider runpod")
             if self.skypilot is not None:
                 raise ValueError("skypilot: only with provider skypilot")
         else:

@@ -76,6 +76,11 @@ def op_info(cmd: dict[str, Any]) -> Any:
     }
 
 
+def op_enabled_clouds(cmd: dict[str, Any]) -> Any:
+    sdk = _sdk()
+    return [str(c) for c in sdk.get(sdk.enabled_clouds())]
+
+
 def op_launch(cmd: dict[str, Any]) -> Any:
     import sky
 
@@ -210,6 +215,7 @@ def op_get(cmd: dict[str, Any]) -> Any:
 
 OPS = {
     "info": op_info,
+    "enabled_clouds": op_enabled_clouds,
     "launch": op_launch,
     "status": op_status,
     "stop": op_stop,

@@ -358,6 +358,14 @@ class SkyPilotProvider(Provider):
         """The API server's and the SDK's versions (`hybridgate check --suite cloud`, startup checks)."""
         return dict(await self.call("info"))
 
+    async def enabled_clouds(self) -> list[str]:
+        """The clouds the API server has credentials for (`sky check`), lower case."""
+        return [str(c).lower() for c in await self.call("enabled_clouds")]
+
+    async def clusters(self) -> list[dict[str, Any]]:
+        """Every cluster as the driver reports it (name, status, launched_at, spot, ...)."""
+        return list((await self._status(None)).get("clusters") or [])
+
     async def launch(self, spec: PodSpec, *, notes: list[str] | None = None) -> PodInfo:
         task = build_task(spec, self.settings)
         s = self.settings

@@ -222,6 +222,8 @@ class Faults:
     launch_s: float = 0.2  # seconds a launch (or start) stays INIT
     minute_s: float = 60.0  # how long an autostop "minute" lasts
     validate_error: str | None = None  # /validate answers 400 with this message (a bad task)
+    enabled_clouds: list[str] = field(default_factory=lambda: ["AWS", "GCP", "Azure"])
+    server_args: list[str] = field(default_factory=list)  # extra mock-server flags, e.g. --fail-rate 1
 
 
 def task_from_yaml(text: str) -> dict[str, Any]:
@@ -297,6 +299,8 @@ class SkyPilotMock:
             ids = query.get("request_ids") or []
             reqs = [r for r in self.requests.values() if not ids or any(r.id.startswith(i) for i in ids)]
             await self._json(send, 200, [r.payload() for r in reqs])
+        elif path == "/enabled_clouds" and method == "GET":
+            await self._submit("enabled_clouds", b"{}", send)
         elif path == "/api/cancel" and method == "POST":
             await self._submit("api_cancel", body, send)
         elif method == "POST" and path.lstrip("/") in _VERBS:
@@ -364,7 +368,13 @@ class SkyPilotMock:
                     setattr(f, key, float(cfg[key]))
             if "validate_error" in cfg:
                 f.validate_error = cfg["validate_error"]
-        except (ValueError, TypeError) as e:
+            if "enabled_clouds" in cfg:
+                f.enabled_clouds = [str(c) for c in cfg["enabled_clouds"]]
+            if "server_args" in cfg:
+                f.server_args = [str(a) for a in cfg["server_args"]]
+            for name, seconds in (cfg.get("backdate") or {}).items():  # a leftover of an old run
+                self._cluster(name).launched_at -= int(seconds)
+        except (ValueError, TypeError, SkyError) as e:
             await self._json(send, 400, {"error": str(e)})
             return
         await self._json(send, 200, {"no_capacity": sorted(f.no_capacity), "launch_s": f.launch_s})
@@ -488,6 +498,7 @@ class SkyPilotMock:
         key = secrets_.get("HYBRIDGATE_REPLICA_API_KEY")
         if key:
             args += ["--api-key", str(key)]
+        args += self.faults.server_args
         c.server = await asyncio.create_subprocess_exec(
             *args,
             stdout=asyncio.subprocess.DEVNULL,
@@ -512,6 +523,9 @@ class SkyPilotMock:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
+
+    async def _do_enabled_clouds(self, body: dict[str, Any], req: Request) -> Any:
+        return list(self.faults.enabled_clouds)
 
     async def _do_status(self, body: dict[str, Any], req: Request) -> Any:
         names = body.get("cluster_names")
