@@ -83,6 +83,12 @@ def check(
             help="--suite cloud: the Python of the SkyPilot environment (default: ./.venv-sky/bin/python).",
         ),
     ] = None,
+    completion_timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="--suite cloud: seconds the completion may wait for the instance (default: the run's bound)."
+        ),
+    ] = None,
 ) -> None:
     """Test an OpenAI-compatible server, or (--suite cloud) a real cloud instance end to end.
     Exit 0 passed (or skipped), 1 a test failed, 2 unreachable, 3 bad arguments."""
@@ -101,6 +107,7 @@ def check(
             price_per_hour,
             api_server,
             skypilot_python,
+            completion_timeout,
         )
         return
     if cloud is not None:
@@ -139,6 +146,7 @@ def _cloud(
     price_per_hour: float | None,
     api_server: str | None,
     skypilot_python: str | None,
+    completion_timeout: float | None,
 ) -> None:
     from rich.console import Console
 
@@ -158,6 +166,7 @@ def _cloud(
             price_per_hour=price_per_hour,
             api_server=api_server,
             skypilot_python=skypilot_python,
+            request_timeout_s=completion_timeout,
         )
         if json_file is not None and not json_file.parent.is_dir():
             raise CheckConfigError(f"--json-file: folder {json_file.parent} does not exist")

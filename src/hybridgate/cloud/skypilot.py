@@ -31,6 +31,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,6 +200,7 @@ class SkyPilotProvider(Provider):
         self.heartbeat_s = max(30.0, self.settings.deadman_minutes * 60.0 / 3)
         self.calls: list[str] = []  # ops run (for the pool's event log and tests)
         self._idle: list[asyncio.subprocess.Process] = []  # driver workers waiting for a command
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
     # --- the subprocess ----------------------------------------------------------------------------
@@ -241,6 +243,7 @@ class SkyPilotProvider(Provider):
         """Run one driver command in an idle worker (started on demand, at most max_parallel_calls);
         its result, or the named CloudError its failure maps to."""
         payload = json.dumps({"op": op, **args}).encode() + b"\n"
+        self._same_loop()
         async with self._gate:
             proc = self._idle.pop() if self._idle else await self._spawn()
             self.calls.append(op)
@@ -279,7 +282,21 @@ class SkyPilotProvider(Provider):
             return answer.get("result")
         raise self._error(answer.get("error") or {})
 
+    def _same_loop(self) -> None:
+        """Workers and the gate belong to one event loop; used from another one (a CLI that calls
+        asyncio.run several times), the old workers are ended and new ones start on demand."""
+        loop = asyncio.get_running_loop()
+        if self._loop is loop:
+            return
+        for proc in self._idle:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)
+        self._idle = []
+        self._gate = asyncio.Semaphore(max(1, self.settings.max_parallel_calls))
+        self._loop = loop
+
     async def close(self) -> None:
+        self._same_loop()
         self._closed = True
         idle, self._idle = self._idle, []
         for proc in idle:  # no command in flight: nothing is lost by ending them now

@@ -85,7 +85,7 @@ http.server.ThreadingHTTPServer(("0.0.0.0", PORT), H).serve_forever()
 PYEOF"""
 
 
-class Interrupted(Exception):
+class Interrupted(BaseException):  # not swallowed by any `except Exception` on the way out
     """SIGINT or SIGTERM during a cloud check: unwinds to the teardown."""
 
 
@@ -112,6 +112,8 @@ class CloudCheckOptions:
             raise CheckConfigError(f"--budget-usd must be above 0, not {self.budget_usd!r}")
         if not 5 <= self.max_minutes <= 240:
             raise CheckConfigError(f"--max-minutes must be from 5 to 240, not {self.max_minutes!r}")
+        if self.request_timeout_s is not None and not self.request_timeout_s > 0:
+            raise CheckConfigError(f"--completion-timeout must be above 0, not {self.request_timeout_s!r}")
         if self.price_per_hour is not None and not self.price_per_hour > 0:
             raise CheckConfigError(f"--price-per-hour must be above 0, not {self.price_per_hour!r}")
 
@@ -363,7 +365,7 @@ def _gateway_config(opts: CloudCheckOptions, python: str, server: str, workdir: 
                     "ready_timeout_s": ready_s,
                     "retry_s": opts.max_minutes * 60.0,  # one launch per run, never a second
                     "poll_s": 2.0,
-                    "cost_flush_s": 5.0,
+                    "cost_flush_s": 2.0,
                     "price_per_hour": on_demand,  # the estimate's rate: the worst case of the two
                     "skypilot": skypilot,
                 },
@@ -433,6 +435,13 @@ def _launch_serve_teardown(
                 else f"backend {raw.headers.get('x-hybridgate-backend')!r}, content {text!r}",
                 metrics={"content": text[:80]},
             )
+            # The instance's time is booked while it runs (every cost_flush_s): wait for a costed row.
+            deadline = time.monotonic() + 90
+            while True:
+                results["cloud.ledger"] = _ledger(workdir / "smoke.db", opts)
+                if results["cloud.ledger"].status == "passed" or time.monotonic() > deadline:
+                    break
+                time.sleep(1.0)
         except Exception as e:
             results["cloud.launch_and_ready"] = results.get("cloud.launch_and_ready") or TestResult(
                 "cloud.launch_and_ready",
@@ -445,8 +454,6 @@ def _launch_serve_teardown(
             )
     finally:
         teardown = _teardown(opts, provider, gw)  # runs on every path out, Interrupted included
-        if "cloud.completion" in results:
-            results["cloud.ledger"] = _ledger(workdir / "smoke.db", opts)
         for name in NAMES[NAMES.index("cloud.launch_and_ready") : -1]:
             add(results.get(name) or TestResult(name, "skipped", error="not reached"))
         add(teardown)
