@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 import time
@@ -322,3 +323,61 @@ async def test_the_sdk_stays_out_of_the_gateway_environment() -> None:
     """The point of the subprocess: importing hybridgate's provider never needs `sky`."""
     code = "import hybridgate.cloud.skypilot, sys; print('sky' in sys.modules)"
     assert run_python(code) == "False"
+
+
+async def test_a_pool_routes_through_its_cluster_rearms_the_deadman_and_downs_it_on_shutdown(
+    fake: Proc,
+) -> None:
+    """The router in process: a pod backend on the skypilot provider starts a cluster for a call, serves it
+    there, re-arms the dead-man while it uses the cluster, and tears the (spot) cluster down on close."""
+    from hybridgate.backends.pod import PodBackend
+    from hybridgate.config import BackendConfig
+    from hybridgate.protocol import Operation
+    from hybridgate.router import BackendManager, Call
+
+    options = {
+        "provider": "skypilot",
+        "gpu_types": ["L4"],
+        "poll_s": 0.2,
+        "retry_s": 0,
+        "skypilot": {"python": str(SKY_PYTHON), "api_server": fake.url, "deadman_minutes": 30},
+    }
+    pool = PodBackend(BackendConfig(name="ctpool", kind="pod", models={"m": "m"}, options=options))
+    pool.provider.heartbeat_s = 0.5  # instead of deadman_minutes / 3
+    mgr = BackendManager([pool], warming_wait_s=60)
+    await mgr.start()
+    try:
+        chat = Call(Operation.CHAT, {"model": "m", "messages": [{"role": "user", "content": "hi"}]}, "m")
+        res = await mgr.complete(chat)
+        assert res.backend == "ctpool"
+        (r,) = pool.replicas
+        name = r.pod_id or ""
+        assert name.startswith("hg-ctpool-") and r.gpu == "L4:1 spot"
+        deadline = time.monotonic() + 30
+        while [b["idle_minutes"] for b in sent(fake, "/autostop", name)][:2] != [-1, 30]:
+            assert time.monotonic() < deadline, sent(fake, "/autostop", name)
+            await asyncio.sleep(0.1)
+    finally:
+        await mgr.close()
+    assert name in gone(fake) and name not in clusters(fake)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"provider": "skypilot", "data_centers": ["US-TX-3"]}, "skypilot.infra"),
+        ({"provider": "skypilot", "provider_url": "http://x"}, "skypilot.api_server"),
+        ({"gpu_types": ["L4"], "image": "img", "skypilot": {}}, "only with provider skypilot"),
+        ({"provider": "skypilot", "skypilot": {"deadman_minutes": 0}}, "options.skypilot.deadman_minutes"),
+        ({"provider": "skypilot", "skypilot": {"spot": "sometimes"}}, "options.skypilot.spot"),
+        ({"provider": "skypilot", "skypilot": {"run": ""}}, "options.skypilot.run"),
+    ],
+)
+async def test_a_bad_skypilot_pod_backend_is_refused_naming_the_field(
+    options: dict[str, Any], message: str
+) -> None:
+    from hybridgate.backends import build_backend
+    from hybridgate.config import BackendConfig
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        build_backend(BackendConfig(name="gpu", kind="pod", models={"m": "m"}, options=options))
