@@ -17,7 +17,8 @@ model whose pods are starting waits for them (`server.warming_wait_s`) like for 
   USD at `price_per_hour` (else the provider's `costPerHr`).
 - **A crashed gateway** leaves pods named `hg-<backend>-...`: at start the pool adopts its own pods of
   that name (running ones become replicas again, stopped ones resumable). RunPod has no provider-side
-  autostop; see README "Pods" for the dead-man bound.
+  autostop; SkyPilot clusters carry a dead-man autostop the pool re-arms (`Provider.heartbeat`); see
+  README "Cloud GPU pods".
 """
 
 from __future__ import annotations
