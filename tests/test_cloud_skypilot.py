@@ -194,6 +194,8 @@ async def test_launch_sends_the_task_and_a_spot_cluster_is_routed_then_torn_down
     assert body["env_vars"]["SKYPILOT_DISABLE_LOCAL_API_SERVER"] == "1"
     assert body["env_vars"]["SKYPILOT_DISABLE_USAGE_COLLECTION"] == "1"
 
+    # Following the launch request (as a restarted gateway can, by id): it waits for the launch.
+    assert await p.follow(p.pending["hg-ct-a"][0]) == {"job_id": 1}
     up = await until_up(p, "hg-ct-a")
     assert [i.name for i in await p.list() if i.name == "hg-ct-a"] == ["hg-ct-a"]
     assert "hg-ct-a" not in p.pending  # the launch request finished: forgotten

@@ -212,7 +212,7 @@ def _skip_rest(add: Callable[[TestResult], TestResult], after: str, why: str) ->
 
 def _run(opts: CloudCheckOptions, add: Callable[[TestResult], TestResult]) -> None:
     from hybridgate.cloud import CloudError, CloudSetupError, CloudUnavailableError
-    from hybridgate.cloud.skypilot import SkyPilotProvider, SkyPilotSettings, find_python
+    from hybridgate.cloud.skypilot import SkyPilotSettings, find_python
 
     # 1. gate ----------------------------------------------------------------------------------------
     t0 = time.monotonic()
@@ -234,10 +234,10 @@ def _run(opts: CloudCheckOptions, add: Callable[[TestResult], TestResult]) -> No
     settings = SkyPilotSettings(
         python=python, api_server=server, infra=opts.cloud, deadman_minutes=opts.max_minutes
     )
-    provider = SkyPilotProvider(settings)
+    provider = _sync_provider(settings)
     try:
         try:
-            info = asyncio.run(_info(provider))
+            info = provider.run(_info(provider))
         except CloudError as e:
             why = f"SKIPPED: the SkyPilot API server at {server} cannot be used: {e.message}"
             if isinstance(e, CloudUnavailableError):
@@ -292,7 +292,7 @@ def _run(opts: CloudCheckOptions, add: Callable[[TestResult], TestResult]) -> No
         # 3. janitor -----------------------------------------------------------------------------------
         t0 = time.monotonic()
         try:
-            downed = asyncio.run(_janitor(provider, opts.max_minutes))
+            downed = provider.run(_janitor(provider, opts.max_minutes))
             add(
                 TestResult(
                     "cloud.janitor",
@@ -310,7 +310,29 @@ def _run(opts: CloudCheckOptions, add: Callable[[TestResult], TestResult]) -> No
         # 4-7. the run, torn down in every case ---------------------------------------------------------
         _launch_serve_teardown(opts, provider, python, server, add)
     finally:
-        asyncio.run(provider.close())
+        provider.run(provider.close())
+        provider.loop.close()
+
+
+def _sync_provider_class() -> type:
+    from hybridgate.cloud.skypilot import SkyPilotProvider
+
+    class SyncProvider(SkyPilotProvider):
+        """The provider on one event loop of its own for the whole check, so its SDK worker (and
+        `import sky`) is reused across the steps; `run` drives one coroutine on it."""
+
+        def __init__(self, settings: Any) -> None:
+            super().__init__(settings)
+            self.loop = asyncio.new_event_loop()
+
+        def run(self, coro: Any) -> Any:
+            return self.loop.run_until_complete(coro)
+
+    return SyncProvider
+
+
+def _sync_provider(settings: Any) -> Any:
+    return _sync_provider_class()(settings)
 
 
 async def _info(provider: Any) -> dict[str, Any]:
@@ -470,7 +492,7 @@ def _teardown(opts: CloudCheckOptions, provider: Any, gw: Any) -> TestResult:
     why: str | None = None
     for attempt in range(3):
         try:
-            left = asyncio.run(_down_run(provider, opts.cluster_prefix))
+            left = provider.run(_down_run(provider, opts.cluster_prefix))
             why = f"clusters still listed after teardown: {', '.join(left)}" if left else None
         except Exception as e:
             why = f"teardown failed: {type(e).__name__}: {e}"
