@@ -87,6 +87,10 @@ def models(base_url: str, key: str | None) -> Any:
     return [m["id"] for m in r.json()["data"]] if r.status_code == 200 else r.status_code
 
 
+def environ_of(pid: int) -> list[bytes]:
+    return Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+
+
 def run_python(code: str) -> str:
     return subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
@@ -156,9 +160,20 @@ async def until_up(p: SkyPilotProvider, name: str, within_s: float = 60.0) -> An
         await asyncio.sleep(0.2)
 
 
-async def test_the_fake_speaks_the_pinned_sdk_and_api_version(sky: SkyPilotProvider) -> None:
-    """Fails loudly when the SDK is bumped: the fake's wire protocol is that of one SkyPilot version."""
+async def test_the_fake_speaks_the_pinned_sdk_and_api_version(
+    sky: SkyPilotProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fails loudly when the SDK is bumped: the fake's wire protocol is that of one SkyPilot version.
+    And the SDK's worker gets no secret of the gateway's, and never starts an API server itself."""
+    monkeypatch.setenv("HYBRIDGATE_MASTER_KEY", "sk-do-not-leak")
     info = await sky.info()
+    (worker,) = sky._idle
+    environ = environ_of(worker.pid)
+    assert (
+        b"SKYPILOT_DISABLE_LOCAL_API_SERVER=1" in environ
+        and b"SKYPILOT_DISABLE_USAGE_COLLECTION=1" in environ
+    )
+    assert not any(b"sk-do-not-leak" in e for e in environ)
     assert info["client_version"] == PINNED == VERSION == "0.14.1", info
     assert info["client_api_version"] == API_VERSION == 62, info
     assert info["server_api_version"] == str(API_VERSION) and info["server_status"] == "healthy", info

@@ -242,7 +242,9 @@ def answer(line: str) -> dict[str, Any]:
             }
         return {"ok": True, "result": OPS[cmd["op"]](cmd)}
     except Exception as e:
-        traceback.print_exc(file=sys.stderr)
+        print(f"hybridgate sky driver: {type(e).__name__}: {str(e)[:300]}", file=sys.stderr)
+        if os.environ.get("HYBRIDGATE_SKY_DRIVER_DEBUG"):
+            traceback.print_exc(file=sys.stderr)
         return {
             "ok": False,
             "error": {"type": type(e).__name__, "message": str(e)[:4000] or type(e).__name__},

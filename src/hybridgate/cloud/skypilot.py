@@ -88,6 +88,17 @@ _ERRORS: dict[str, type[CloudError]] = {
 }
 
 
+# The environment the SDK worker gets (plus SKYPILOT_*): locale, paths, proxies and CA bundles.
+_ENV_KEEP = frozenset(
+    {
+        "PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TZ",
+        "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
+        "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+        "HYBRIDGATE_SKY_DRIVER_DEBUG",
+    }
+)  # fmt: skip
+
+
 def _repo_root_candidates() -> list[Path]:
     here = Path(__file__).resolve()
     return [Path.cwd() / ".venv-sky" / "bin" / "python", here.parents[3] / ".venv-sky" / "bin" / "python"]
@@ -205,7 +216,9 @@ class SkyPilotProvider(Provider):
 
     # --- the subprocess ----------------------------------------------------------------------------
     def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        """What the SDK needs and nothing else: the gateway's own secrets (master key, provider keys)
+        never reach a process that talks to another server."""
+        env = {k: v for k, v in os.environ.items() if k in _ENV_KEEP or k.startswith("SKYPILOT_")}
         env["SKYPILOT_DISABLE_LOCAL_API_SERVER"] = "1"
         env["SKYPILOT_DISABLE_USAGE_COLLECTION"] = "1"
         if self.settings.api_server:
@@ -223,7 +236,7 @@ class SkyPilotProvider(Provider):
                 "--serve",
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.DEVNULL,
+                stderr=None,  # the SDK's messages and the driver's one-line errors: the gateway's log
                 env=self._env(),
                 limit=16 * 1024 * 1024,
             )
