@@ -22,6 +22,7 @@ from hybridgate.testing.mocks.skypilot import start_mock_skypilot
 from hybridgate.testing.procs import Proc
 
 SKY_PYTHON = Path(__file__).resolve().parents[1] / ".venv-sky" / "bin" / "python"
+pytestmark = pytest.mark.skypilot
 
 if not SKY_PYTHON.exists():
     if os.environ.get("HYBRIDGATE_REQUIRE_SKYPILOT") == "1":

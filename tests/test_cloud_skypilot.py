@@ -37,7 +37,7 @@ from hybridgate.testing.procs import Proc, free_port, wait_healthy
 SKY_PYTHON = Path(__file__).resolve().parents[1] / ".venv-sky" / "bin" / "python"
 
 # One event loop for the module: the shared provider keeps its SDK worker (`import sky` paid once).
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.skypilot]
 
 if not SKY_PYTHON.exists():
     if os.environ.get("HYBRIDGATE_REQUIRE_SKYPILOT") == "1":

@@ -20,6 +20,7 @@ from hybridgate.testing.mocks.skypilot import start_mock_skypilot
 from hybridgate.testing.procs import Proc, start_gateway
 
 SKY_PYTHON = Path(__file__).resolve().parents[1] / ".venv-sky" / "bin" / "python"
+pytestmark = pytest.mark.skypilot
 MASTER = "sk-master-sky-0123456789"
 
 if not SKY_PYTHON.exists():
