@@ -323,8 +323,8 @@ def _flag_errors(e: ValidationError) -> typer.Exit:
 
 
 def mock_skypilot(
-    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 46590,
-    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Port = 46590,
+    host: Host = "127.0.0.1",
     launch_s: Annotated[
         float, typer.Option(min=0, help="Seconds a launched or started cluster stays INIT before UP.")
     ] = 0.2,
