@@ -24,6 +24,7 @@ import _accounts
 from hybridgate.cloud import (
     CloudCapacityError,
     CloudNotFoundError,
+    CloudProviderError,
     CloudResumeError,
     CloudSetupError,
     CloudUnavailableError,
@@ -222,10 +223,12 @@ async def test_launch_sends_the_task_and_a_spot_cluster_is_routed_then_torn_down
     assert models(up.endpoint, None) == 401
     assert models(up.endpoint, "replica-key-1") == ["m"]
 
-    await p.stop("hg-ct-a")  # spot: clouds cannot stop it, so it is torn down
+    with pytest.raises(CloudProviderError, match=r"NotSupportedError: .*spot instances"):
+        await p.call("stop", name="hg-ct-a")  # SkyPilot's own stop of a spot cluster: refused, typed
+    await p.stop("hg-ct-a")  # spot: clouds cannot stop it, so the provider tears it down
     assert await p.status("hg-ct-a") is None
     assert "hg-ct-a" in gone(fake)
-    assert sent(fake, "/down", "hg-ct-a") and not sent(fake, "/stop", "hg-ct-a")
+    assert sent(fake, "/down", "hg-ct-a") and len(sent(fake, "/stop", "hg-ct-a")) == 1  # only the one above
     with pytest.raises(CloudResumeError, match="no longer exists"):
         await p.start("hg-ct-a")
 

@@ -468,7 +468,13 @@ class SkyPilotProvider(Provider):
         if rec.get("spot"):
             await self.terminate(pod_id)
             return
-        await self.call("stop", name=pod_id)
+        try:
+            await self.call("stop", name=pod_id)
+        except CloudProviderError as e:
+            if "NotSupportedError" not in e.message:
+                raise
+            log.warning("skypilot: %s cannot be stopped (%s); tearing it down", pod_id, e.message)
+            await self.terminate(pod_id)  # a cloud that cannot stop it (spot not recognised, TPU pod...)
 
     async def start(self, pod_id: str, gpu_count: int = 1) -> PodInfo:
         check_name(pod_id, "cluster name")
