@@ -13,7 +13,8 @@ import httpx
 import pytest
 
 from hybridgate.backends import Lifecycle
-from hybridgate.backends.pod import PodBackend
+from hybridgate.backends.pod import PodBackend, Replica
+from hybridgate.cloud._autoscale import ScalePolicy
 from hybridgate.config import BackendConfig
 from hybridgate.protocol import Operation
 from hybridgate.router import BackendManager, Call
@@ -149,27 +150,90 @@ async def test_a_new_gateway_adopts_the_pods_of_a_crashed_one(rp: Proc, pools: l
 
 
 async def test_scales_up_under_load_balances_and_back_to_zero(rp: Proc, pools: list[PodBackend]) -> None:
+    # Scaling down is held off (down_delay_s, idle_stop_s) until the checks of the scaled-up pool are
+    # done, then let go: on a loaded machine the second pod can be ready seconds after the first, and a
+    # one-second idle stop used to race the check that both are up.
     p = pool(
-        rp, "scale", max_replicas=2, target_in_flight=1, replica_concurrency=1, idle_stop_s=1, down_delay_s=0
+        rp,
+        "scale",
+        max_replicas=2,
+        target_in_flight=1,
+        replica_concurrency=1,
+        idle_stop_s=600,
+        down_delay_s=600,
     )
     pools.append(p)
-    mgr = BackendManager([p], warming_wait_s=30)
+    mgr = BackendManager([p], warming_wait_s=60)
     await mgr.start()
     try:
+        # Six calls at once find nothing ready: the first starts a pod, the controller's next decision
+        # counts all six and asks for the second (max_replicas), not one per call.
         results = await asyncio.gather(*(mgr.complete(chat()) for _ in range(6)))
         assert all(res.backend == "scale" for res in results)
-        assert 1 <= len([r for r in p.replicas if r.pod_id]) <= 2  # never past max_replicas
-        ids = {r.pod_id for r in p.replicas}
-        await until("both ready", lambda: sum(r.lifecycle is Lifecycle.READY for r in p.replicas) == 2)
-        assert {r.pod_id for r in p.replicas} == ids  # no extra pods while the second one warmed
+        await until("both ready", lambda: sum(r.lifecycle is Lifecycle.READY for r in p.replicas) == 2, 60)
+        created = [x for x in mock_pods(rp).values() if x["name"].startswith("hg-scale-")]
+        assert len(created) == 2, created  # never past max_replicas, no extra pods while the second warmed
+        assert {x["id"] for x in created} == {r.pod_id for r in p.replicas}
         # least outstanding: two calls at once land on two different replicas
         before = {r.pod_id: r.busy_s for r in p.replicas}
         await asyncio.gather(mgr.complete(chat()), mgr.complete(chat()))
         assert all(r.busy_s > before[r.pod_id] for r in p.replicas)
+        # idle: back to zero (stopped, resumable)
+        p.policy = p.scaler.policy = ScalePolicy(0, 2, target_in_flight=1, down_delay_s=600, idle_stop_s=1)
         await until(
-            "idle: back to zero", lambda: all(r.lifecycle is Lifecycle.STOPPED for r in p.replicas), 20
+            "idle: back to zero", lambda: all(r.lifecycle is Lifecycle.STOPPED for r in p.replicas), 60
         )
         assert all(mock_pods(rp)[r.pod_id or ""]["desiredStatus"] == "EXITED" for r in p.replicas)
     finally:
         await mgr.close()
         pools.remove(p)
+
+
+async def test_calls_queued_for_a_slot_count_as_load_until_they_get_one() -> None:
+    """The controller counts calls waiting inside the pool for a slot as load for as long as they wait.
+
+    They used to count once per retry (each retry a `demand()`, reset at every decision), so a decision
+    taken the moment a second replica became ready, before the queued calls moved onto it, saw one call
+    in flight, wanted one replica and drained a pod with calls queued for it (down_delay_s 0). Driven
+    step by step here: two decisions, no timing."""
+    p = PodBackend(
+        BackendConfig(
+            name="queued",
+            kind="pod",
+            api_key=KEY,
+            models={"m": "m"},
+            options={
+                "provider_url": "http://127.0.0.1:9",  # never called: nothing is launched or stopped
+                "gpu_types": ["NVIDIA L4"],
+                "image": "img",
+                "max_replicas": 2,
+                "target_in_flight": 1,
+                "replica_concurrency": 1,
+                "down_delay_s": 0,
+                "idle_stop_s": 600,
+            },
+        )
+    )
+    busy, warming = Replica(p, "pod1", "hg-queued-1"), Replica(p, "pod2", "hg-queued-2")
+    busy.set(Lifecycle.READY)
+    busy.backend = p  # any backend: only its presence is looked at before a call is placed
+    busy.acquire()  # one call in flight: at its replica_concurrency
+    warming.set(Lifecycle.WARMING)
+    p.replicas = [busy, warming]
+    waiters = [asyncio.create_task(p._pick()) for _ in range(3)]
+    try:
+        await asyncio.sleep(0)  # the three calls are queued for a slot
+        assert p._queued == 3 and not any(w.done() for w in waiters)
+        await p._tick()  # 1 in flight + 3 queued; 1 ready + 1 warming: steady
+        assert [r.lifecycle for r in p.replicas] == [Lifecycle.READY, Lifecycle.WARMING]
+        warming.set(Lifecycle.READY)  # ready; the queued calls have not moved onto it yet
+        await p._tick()
+        assert [r.lifecycle for r in p.replicas] == [Lifecycle.READY, Lifecycle.READY], p.replicas[
+            1
+        ].transitions
+    finally:
+        for w in waiters:
+            w.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+        busy.release()
+    assert p._queued == 0

@@ -41,6 +41,7 @@ from hybridgate.backends._base import (
     BackendError,
     BackendRequest,
     BackendResponse,
+    BackendTimeoutError,
     BackendUnavailableError,
     Lifecycle,
 )
@@ -195,6 +196,8 @@ class Replica:
         self.backend: Backend | None = None
         self.endpoint: str | None = None
         self.in_flight = 0
+        self.health_failures = 0  # failed health probes in a row
+        self.last_ok = -math.inf  # pool clock of the last call it answered
         self.busy_s = 0.0
         self._busy_since: float | None = None
         self.up_s = 0.0  # seconds billed (closed segments)
@@ -286,7 +289,8 @@ class PodBackend(Backend):
         self.last_error: str | None = None
         self.events: list[tuple[float, str]] = []
         self.cost_sink: CostSink | None = None
-        self._waiting = 0  # demand() calls since the last decision
+        self._waiting = 0  # demand() calls from the router since the last decision
+        self._queued = 0  # calls inside the pool waiting now for a slot on a ready replica (a level)
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()  # a replica became ready or finished a call
         self._loop_task: asyncio.Task[None] | None = None
@@ -374,6 +378,10 @@ class PodBackend(Backend):
         """A call found no ready backend able to take it. Start capacity if none is coming; True when
         some is on its way (the router then waits for it, up to server.warming_wait_s)."""
         self._waiting += 1
+        return self._ask()
+
+    def _ask(self) -> bool:
+        """demand() without counting a call: for calls already counted in `_queued`."""
         self.last_active = self.clock()
         if self._closing:
             return False
@@ -495,7 +503,7 @@ class PodBackend(Backend):
         self._beat(now)
         ready = [r for r in self.replicas if r.lifecycle is Lifecycle.READY]
         pending = [r for r in self.replicas if r.lifecycle.coming]
-        waiting, self._waiting = self._waiting, 0
+        waiting, self._waiting = self._waiting + self._queued, 0
         d = self.scaler.decide(
             now,
             ready=len(ready),
@@ -560,7 +568,7 @@ class PodBackend(Backend):
             if self.lease.active_at:
                 self.last_active = max(self.last_active, now - max(0.0, time.time() - self.lease.active_at))
             return True
-        waiting, self._waiting = self._waiting, 0
+        waiting, self._waiting = self._waiting + self._queued, 0
         busy = any(r.in_flight for r in self.replicas) or now - self.last_active < self.options.poll_s * 2
         await self.lease.signal(wanted=waiting > 0, active=busy)
         await self._follow()
@@ -660,6 +668,7 @@ class PodBackend(Backend):
                         r.set(Lifecycle.WARMING, f"container up at {info.endpoint}; waiting for the model")
                     if await self._answers(r):
                         r.set(Lifecycle.READY, "the model answers")
+                        r.health_failures, r.last_ok = 0, self.clock()
                         self.last_active = self.clock()  # idle_stop_s counts from here at the earliest
                         self.last_error = None
                         self._wake.set()
@@ -866,29 +875,37 @@ class PodBackend(Backend):
             return r
         o: PodOptions = self.options
         deadline = self.clock() + o.queue_s
-        while True:
-            coming = self.demand()
-            ready = sum(1 for x in self.replicas if x.lifecycle is Lifecycle.READY)
-            left = deadline - self.clock()
-            if (not ready and not coming) or left <= 0:
-                raise BackendUnavailableError(
-                    f"all {ready} ready pods are at replica_concurrency ({o.replica_concurrency})"
-                    if ready
-                    else "no pod is ready"
-                )
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), min(left, 1.0))
-            r = self._free()
-            if r is not None:
-                return r
+        # Counted as waiting for as long as it waits, not once per retry: a decision taken between two
+        # retries must still see it (else a replica is drained while calls queue for one).
+        self._queued += 1
+        try:
+            while True:
+                coming = self._ask()
+                ready = sum(1 for x in self.replicas if x.lifecycle is Lifecycle.READY)
+                left = deadline - self.clock()
+                if (not ready and not coming) or left <= 0:
+                    raise BackendUnavailableError(
+                        f"all {ready} ready pods are at replica_concurrency ({o.replica_concurrency})"
+                        if ready
+                        else "no pod is ready"
+                    )
+                self._changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), min(left, 1.0))
+                r = self._free()
+                if r is not None:
+                    return r
+        finally:
+            self._queued -= 1
 
     async def complete(self, req: BackendRequest) -> BackendResponse:
         r = await self._pick()
         assert r.backend is not None
         r.acquire()
         try:
-            return await r.backend.complete(req)
+            res = await r.backend.complete(req)
+            r.last_ok = self.clock()
+            return res
         finally:
             r.release()
 
@@ -903,6 +920,7 @@ class PodBackend(Backend):
         r.acquire()
         try:
             async for batch in r.backend.stream_batches(req):
+                r.last_ok = self.clock()
                 yield batch
         finally:
             r.release()
@@ -911,18 +929,32 @@ class PodBackend(Backend):
         return None  # the pods come and go; each replica is checked before it is ready
 
     async def check_health(self) -> None:
-        """Each ready replica's model server; one that fails is drained and replaced by the scaler."""
+        """Each ready replica's model server; one that fails `health.failures_to_trip` probes in a row is
+        terminated and replaced by the scaler. A probe that times out while the replica is answering
+        calls (one in flight, or one answered within a probe interval) is not counted: busy, not dead."""
         ready = [r for r in self.replicas if r.lifecycle is Lifecycle.READY and r.backend is not None]
+        h = self.config.health
         errors = []
         for r in ready:
             assert r.backend is not None
+            started = self.clock()
             try:
                 await r.backend.check_health()
             except BackendError as e:
-                errors.append(f"{r.pod_id}: {e.message}")
+                if isinstance(e, BackendTimeoutError) and (
+                    r.in_flight or r.last_ok >= started - h.interval_s
+                ):
+                    r.last_error = f"{e.message} (not counted: calls to it are succeeding, busy)"
+                    continue
+                r.health_failures += 1
                 r.last_error = e.message
-                r.set(Lifecycle.DRAINING, f"health check failed: {e.message}")
-                r.task = asyncio.create_task(self._retire(r, terminate=True, why=f"unhealthy: {e.message}"))
+                errors.append(f"{r.pod_id}: {e.message}")
+                if r.health_failures >= h.failures_to_trip and r.lifecycle is Lifecycle.READY:
+                    why = f"unhealthy ({r.health_failures} failed health checks in a row): {e.message}"
+                    r.set(Lifecycle.DRAINING, why)
+                    r.task = asyncio.create_task(self._retire(r, terminate=True, why=why))
+            else:
+                r.health_failures = 0
         if ready and len(errors) == len(ready):
             raise BackendError("every ready pod failed its health check: " + "; ".join(errors))
 
