@@ -13,7 +13,7 @@ TORCH  ?= torch==2.13.0
 SKY_VENV ?= .venv-sky
 SKYPILOT ?= skypilot==0.14.1
 
-.PHONY: run test test-fast lint format bench bench-streams install install-dev sky-env clean
+.PHONY: run test test-fast lint format bench bench-streams bench-pods install install-dev sky-env clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -71,6 +71,11 @@ bench: install-dev
 ## make bench-streams: thousands of concurrent long streams, hybridgate against bare proxies (benchmarks/streams.py)
 bench-streams: install-dev
 	$(BIN)/python benchmarks/streams.py $(ARGS)
+
+## make bench-pods: a day of bursty traffic on cloud pods, simulated: hybridgate's scaler against always-on
+## and a SkyServe-style QPS autoscaler (benchmarks/pods_sim.py; no cloud, about 2 s)
+bench-pods: install-dev
+	$(BIN)/python benchmarks/pods_sim.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(SKY_VENV) .pytest_cache .ruff_cache .mypy_cache build dist src/*.egg-info

@@ -69,7 +69,8 @@ def pool(rp: Proc, store: Store, **options: Any) -> PodBackend:
         "gpu_types": ["NVIDIA L4"],
         "image": "img",
         "poll_s": 0.1,
-        "lease_ttl_s": 1.0,
+        # Long enough that a live owner's renewal is never late on a loaded machine (a tick every 0.1 s).
+        "lease_ttl_s": 3.0,
         "stop_on_shutdown": False,
         **options,
     }
@@ -98,14 +99,14 @@ async def test_two_processes_one_decision_one_pod_and_a_takeover(rp: Proc, store
         # Both see demand at once; only the owner launches, the follower waits for the owner's pod.
         assert a.demand() and b.demand()
         assert b.lifecycle.coming  # told capacity is on its way, though it launches nothing itself
-        await until("both ready", lambda: a.ready and b.ready)
+        await until("both ready", lambda: a.ready and b.ready, 60)
         pods = mock_pods(rp)
         assert len(pods) == 1
         assert [r.pod_id for r in a.replicas] == [r.pod_id for r in b.replicas] == [pods[0]["id"]]
         # The owner crashes (its loop stops, the lease is not renewed): b takes over within the TTL.
         assert a._loop_task is not None
         a._loop_task.cancel()
-        await until("b owns the pool", lambda: b.owner, 5)
+        await until("b owns the pool", lambda: b.owner, 30)
         assert any("now owns" in e for _, e in b.events)
         assert b.replicas[0].segment_start is not None  # the new owner bills the pod from now
         # and decides: idle -> stopped

@@ -24,6 +24,7 @@ model whose pods are starting waits for them (`server.warming_wait_s`) like for 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
@@ -290,6 +291,10 @@ class PodBackend(Backend):
         self.events: list[tuple[float, str]] = []
         self.cost_sink: CostSink | None = None
         self._waiting = 0  # demand() calls from the router since the last decision
+        # When each recent demand() came: while no replica is ready, the calls that asked wait in the router
+        # (up to its bound, about queue_s) and are counted as waiting for that long, not only until the next
+        # decision (a burst during a cold start asks for what it needs at once). Cleared when one is ready.
+        self._asked: collections.deque[float] = collections.deque()
         self._queued = 0  # calls inside the pool waiting now for a slot on a ready replica (a level)
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()  # a replica became ready or finished a call
@@ -378,6 +383,7 @@ class PodBackend(Backend):
         """A call found no ready backend able to take it. Start capacity if none is coming; True when
         some is on its way (the router then waits for it, up to server.warming_wait_s)."""
         self._waiting += 1
+        self._asked.append(self.clock())
         return self._ask()
 
     def _ask(self) -> bool:
@@ -503,7 +509,7 @@ class PodBackend(Backend):
         self._beat(now)
         ready = [r for r in self.replicas if r.lifecycle is Lifecycle.READY]
         pending = [r for r in self.replicas if r.lifecycle.coming]
-        waiting, self._waiting = self._waiting + self._queued, 0
+        waiting = self._waiting_now(now, bool(ready))
         d = self.scaler.decide(
             now,
             ready=len(ready),
@@ -545,6 +551,16 @@ class PodBackend(Backend):
         except CloudError as e:
             self._event(f"re-arming the provider's dead-man timer of pod {pod_id} failed: {e.message}")
 
+    def _waiting_now(self, now: float, any_ready: bool) -> int:
+        """Calls waiting for this pool now: the ones queued in it for a slot, plus the router's demand()
+        calls since the last decision, or, while no replica is ready, the ones of the last queue_s."""
+        o: PodOptions = self.options
+        while self._asked and (any_ready or self._asked[0] < now - o.queue_s):
+            self._asked.popleft()
+        waiting = self._queued + max(self._waiting, len(self._asked))
+        self._waiting = 0
+        return waiting
+
     async def _lease_tick(self, now: float) -> bool:
         """Renew or take the lease; True when this process decides. A follower follows the provider's
         list and leaves its demand and activity in the lease row."""
@@ -568,7 +584,7 @@ class PodBackend(Backend):
             if self.lease.active_at:
                 self.last_active = max(self.last_active, now - max(0.0, time.time() - self.lease.active_at))
             return True
-        waiting, self._waiting = self._waiting + self._queued, 0
+        waiting = self._waiting_now(now, any(r.lifecycle is Lifecycle.READY for r in self.replicas))
         busy = any(r.in_flight for r in self.replicas) or now - self.last_active < self.options.poll_s * 2
         await self.lease.signal(wanted=waiting > 0, active=busy)
         await self._follow()
