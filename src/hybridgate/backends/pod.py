@@ -417,6 +417,9 @@ class PodBackend(Backend):
             "min_replicas": o.min_replicas,
             "max_replicas": o.max_replicas,
             "idle_stop_s": o.idle_stop_s,
+            # This process launches, stops and bills the pool's pods (with several processes on one
+            # database, only the holder of the pool's lease does).
+            "decides": self._owner,
             "last_error": self.last_error,
             "replicas": [r.describe() for r in self.replicas],
             "events": [{"at": t, "event": e} for t, e in self.events[-20:]],

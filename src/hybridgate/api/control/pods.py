@@ -55,6 +55,10 @@ class PodPool(_Out):
     min_replicas: int
     max_replicas: int
     idle_stop_s: float
+    decides: bool = Field(
+        description="This gateway process launches, stops and bills the pool's pods (with several processes "
+        "on one database, only the holder of the pool's lease does; the others route to the same pods)"
+    )
     last_error: str | None
     events: list[dict[str, Any]]
 
