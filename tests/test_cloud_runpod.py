@@ -137,7 +137,8 @@ def test_the_mutation_text_parses_back_to_the_values() -> None:
         ({"data_centers": ('US"TX',)}, "data centre"),
         ({"gpu_count": 0}, "gpu_count"),
         ({"gpu_types": ()}, "at least one GPU type"),
-        ({"spot": True}, "spot"),
+        ({"spot": True, "bid_per_gpu": -1.0}, "bid_per_gpu"),
+        ({"spot": True, "bid_per_gpu": float("nan")}, "bid_per_gpu"),
     ],
 )
 async def test_bad_values_are_refused_before_anything_is_sent(
@@ -204,3 +205,27 @@ async def test_json_of_the_wrong_shape_is_malformed(monkeypatch: pytest.MonkeyPa
             await p.status("abc")
     finally:
         await p.close()
+
+
+async def test_spot_pods_bid_the_minimum_or_what_is_given(rp: RunPodProvider, mock: Proc) -> None:
+    minimum = await rp.minimum_bid(B)
+    assert minimum is not None and 0 < minimum < 0.43  # the mock's L4: on-demand 0.43
+    info = await rp.launch(spec(gpu_types=(B,), spot=True))
+    pod = mock_pod(mock, info.id)
+    assert pod["interruptible"] and pod["costPerHr"] == pytest.approx(minimum)
+    assert info.cost_per_hr == pytest.approx(minimum)
+    await rp.terminate(info.id)
+    info = await rp.launch(spec(gpu_types=(B,), spot=True, bid_per_gpu=0.3))
+    assert mock_pod(mock, info.id)["costPerHr"] == pytest.approx(0.3)
+    await rp.terminate(info.id)
+    # a bid under the minimum: RunPod's no-capacity answer, so the next GPU type is tried
+    notes: list[str] = []
+    with pytest.raises(CloudCapacityError, match="no capacity"):
+        await rp.launch(spec(gpu_types=(B,), spot=True, bid_per_gpu=0.01), notes=notes)
+    assert "no capacity for NVIDIA L4" in notes[0]
+
+
+def test_the_spot_mutation_text_parses_back_to_the_values() -> None:
+    op, args, _ = parse_operation(create_mutation(spec(spot=True), A, "EU-RO-1", bid_per_gpu=0.35))
+    assert op == "podRentInterruptable"
+    assert args["input"]["bidPerGpu"] == 0.35 and args["input"]["gpuTypeId"] == A

@@ -35,6 +35,10 @@ def configure(rp: Proc, **faults: Any) -> None:
     httpx.post(rp.url + "/_mock/config", json=faults).raise_for_status()
 
 
+def interrupt(rp: Proc, pod_id: str) -> None:
+    httpx.post(rp.url + "/_mock/interrupt", json={"pod_id": pod_id}).raise_for_status()
+
+
 def mock_pods(rp: Proc) -> dict[str, dict[str, Any]]:
     return {p["id"]: p for p in httpx.get(rp.url + "/_mock/pods").json()["pods"]}
 
@@ -147,6 +151,28 @@ async def test_a_new_gateway_adopts_the_pods_of_a_crashed_one(rp: Proc, pools: l
     await until("adopted and ready", lambda: b.ready)
     assert [x.pod_id for x in b.replicas] == [r.pod_id]
     assert "adopted" in b.replicas[0].transitions[0][2]
+
+
+async def test_an_interrupted_spot_pod_is_replaced_and_spot_pods_are_terminated_when_idle(
+    rp: Proc, pools: list[PodBackend]
+) -> None:
+    p = pool(rp, "spot", spot=True, min_replicas=1, idle_stop_s=600)
+    pools.append(p)
+    await p.start()  # min_replicas 1: the first decision launches one
+    await until("ready", lambda: p.ready, 60)
+    first = p.replicas[0].pod_id or ""
+    mock = mock_pods(rp)[first]
+    assert mock["interruptible"] and 0 < mock["costPerHr"] < 0.43  # billed at the bid, not on-demand
+    interrupt(rp, first)  # RunPod takes the GPU back (outbid)
+    await until("replaced", lambda: p.ready and first not in {r.pod_id for r in p.replicas}, 60)
+    assert mock_pods(rp)[first]["desiredStatus"] == "TERMINATED"
+    assert any("interrupted" in e and first in e for _, e in p.events)
+    [second] = p.replicas
+    assert second.pod_id != first and mock_pods(rp)[second.pod_id or ""]["interruptible"]
+    # idle: a spot pod is terminated, not stopped (it could not be resumed)
+    p.policy = p.scaler.policy = ScalePolicy(0, 1, idle_stop_s=0.5, down_delay_s=0)
+    await until("terminated when idle", lambda: not p.replicas, 60)
+    assert mock_pods(rp)[second.pod_id or ""]["desiredStatus"] == "TERMINATED"
 
 
 async def test_scales_up_under_load_balances_and_back_to_zero(rp: Proc, pools: list[PodBackend]) -> None:

@@ -17,8 +17,10 @@ model whose pods are starting waits for them (`server.warming_wait_s`) like for 
   USD at `price_per_hour` (else the provider's `costPerHr`).
 - **A crashed gateway** leaves pods named `hg-<backend>-...`: at start the pool adopts its own pods of
   that name (running ones become replicas again, stopped ones resumable). RunPod has no provider-side
-  autostop; SkyPilot clusters carry a dead-man autostop the pool re-arms (`Provider.heartbeat`); see
-  README "Cloud GPU pods".
+  autostop (see README "Cloud GPU pods" for its dead-man bound); SkyPilot clusters carry a dead-man
+  autostop the pool re-arms (`Provider.heartbeat`).
+- **Spot** (`spot: true`): a pod the provider took back is failed, terminated and replaced; idle spot
+  pods are terminated, never stopped.
 """
 
 from __future__ import annotations
@@ -138,6 +140,12 @@ class PodOptions(BaseModel):
     replica_concurrency: int | None = Field(None, ge=1)
     idle_stop_s: float = Field(300.0, ge=0)
     idle_action: Literal["stop", "terminate"] = "stop"
+    # Interruptible (spot) pods: cheaper; the provider may take one back at any time. An interrupted pod is
+    # treated as failed (terminated, billed to the moment it was seen gone) and the scaler replaces it;
+    # spot pods are terminated, never stopped (idle_action is ignored). bid_per_gpu: USD per hour per
+    # GPU; default the GPU type's current minimum bid.
+    spot: bool = False
+    bid_per_gpu: float | None = Field(None, gt=0)
     down_delay_s: float = Field(120.0, ge=0)
     ready_timeout_s: float = Field(900.0, gt=0)
     drain_s: float = Field(30.0, ge=0)
@@ -444,7 +452,7 @@ class PodBackend(Backend):
         if o.stop_on_shutdown and self._owner:
             await asyncio.gather(
                 *(
-                    self._retire(r, terminate=o.idle_action == "terminate", why="gateway shutting down")
+                    self._retire(r, terminate=self._terminates, why="gateway shutting down")
                     for r in self.replicas
                     if r.pod_id and r.lifecycle is not Lifecycle.STOPPED
                 ),
@@ -510,6 +518,8 @@ class PodBackend(Backend):
             if r.segment_start is not None and now - r.segment_start >= o.cost_flush_s:
                 self._bill(r, close=False)
         self._beat(now)
+        if o.spot:
+            await self._interrupted()
         ready = [r for r in self.replicas if r.lifecycle is Lifecycle.READY]
         pending = [r for r in self.replicas if r.lifecycle.coming]
         waiting = self._waiting_now(now, bool(ready))
@@ -563,6 +573,33 @@ class PodBackend(Backend):
         waiting = self._queued + max(self._waiting, len(self._asked))
         self._waiting = 0
         return waiting
+
+    async def _interrupted(self) -> None:
+        """Spot pods the provider took back (no longer running): failed, terminated, and replaced by the
+        scaler at once (no retry_s wait: nothing is wrong with the launch itself)."""
+        up = [r for r in self.replicas if r.pod_id and r.lifecycle in (Lifecycle.READY, Lifecycle.WARMING)]
+        if not up:
+            return
+        try:
+            pods = {i.id: i for i in await self.provider.list()}
+        except CloudError as e:
+            self._event(f"checking for interrupted spot pods failed: {e.message}")
+            return
+        for r in up:
+            info = pods.get(r.pod_id or "")
+            if info is not None and info.status is PodStatus.RUNNING:
+                continue
+            why = "spot pod interrupted by the provider (its GPU was taken back)"
+            self._event(f"pod {r.pod_id}: {why}; replacing it")
+            self.last_error = r.last_error = why
+            r.set(Lifecycle.FAILED, why)
+            if r.task is not None and not r.task.done():
+                r.task.cancel()
+            await self._drop_backend(r)
+            with contextlib.suppress(CloudError):
+                await self.provider.terminate(r.pod_id or "")
+            self._bill(r, close=True)
+            self.replicas.remove(r)
 
     async def _lease_tick(self, now: float) -> bool:
         """Renew or take the lease; True when this process decides. A follower follows the provider's
@@ -618,6 +655,8 @@ class PodBackend(Backend):
     # --- transitions --------------------------------------------------------------------------------
     def _launch(self, reason: str) -> Replica:
         stopped = next((r for r in self.replicas if r.lifecycle is Lifecycle.STOPPED and r.pod_id), None)
+        if self.options.spot:
+            stopped = None  # a stopped spot pod was interrupted: a new one, not a resume
         if stopped is not None:
             r = stopped
         else:
@@ -645,6 +684,8 @@ class PodBackend(Backend):
             docker_args=o.docker_args,
             env=env,
             container_disk_gb=o.container_disk_gb,
+            spot=o.spot,
+            bid_per_gpu=o.bid_per_gpu,
         )
 
     async def _bring_up(self, r: Replica, reason: str | None) -> None:
@@ -677,6 +718,8 @@ class PodBackend(Backend):
                 info = await self.provider.status(r.pod_id)
                 if info is None or info.status is PodStatus.TERMINATED:
                     raise CloudError(f"pod {r.pod_id} disappeared while starting")
+                if o.spot and info.status is PodStatus.STOPPED:
+                    raise CloudError(f"spot pod {r.pod_id} was interrupted by the provider while starting")
                 r.cost_per_hr, r.gpu = info.cost_per_hr or r.cost_per_hr, info.gpu or r.gpu
                 if info.endpoint:
                     if r.backend is None or r.endpoint != info.endpoint:
@@ -755,8 +798,13 @@ class PodBackend(Backend):
                 await b.close()
 
     async def _drain(self, r: Replica, why: str) -> None:
+        await self._drain_then(r, self._terminates, why)
+
+    @property
+    def _terminates(self) -> bool:
+        """Scaling down terminates (spot pods always; else idle_action terminate) rather than stops."""
         o: PodOptions = self.options
-        await self._drain_then(r, o.idle_action == "terminate", why)
+        return o.spot or o.idle_action == "terminate"
 
     async def _retire(self, r: Replica, *, terminate: bool, why: str) -> None:
         """Stop (resumable) or terminate a replica's pod, and bill its segment."""

@@ -35,7 +35,10 @@ class PodSpec:
     env: dict[str, str] = field(default_factory=dict)
     container_disk_gb: int = 20
     volume_gb: int = 0
+    # Interruptible: the provider may take the GPU back at any time (cheaper). `bid_per_gpu` is USD per hour
+    # per GPU; None: the GPU type's current minimum bid.
     spot: bool = False
+    bid_per_gpu: float | None = None
     # Values the model server needs that must not be logged (e.g. its API key). SkyPilot passes them as
     # task `secrets`; RunPod has no such notion and does not send them.
     secrets: dict[str, str] = field(default_factory=dict)

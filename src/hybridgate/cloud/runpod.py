@@ -74,9 +74,12 @@ def _int(value: int, what: str, low: int, high: int) -> str:
     return str(value)
 
 
-def create_mutation(spec: PodSpec, gpu_type: str, data_center: str | None) -> str:
-    """The podFindAndDeployOnDemand mutation for one (GPU type, data centre) try; every value checked or
-    escaped (this is the one place text meets the query)."""
+def create_mutation(
+    spec: PodSpec, gpu_type: str, data_center: str | None, *, bid_per_gpu: float | None = None
+) -> str:
+    """The podFindAndDeployOnDemand mutation for one (GPU type, data centre) try, or, for a spot pod
+    (`bid_per_gpu` given), podRentInterruptable with that bid; every value checked or escaped (this is
+    the one place text meets the query)."""
     check_name(spec.name, "pod name")
     if spec.cloud_type not in _CLOUD_TYPES:
         raise CloudInputError(
@@ -111,11 +114,24 @@ def create_mutation(spec: PodSpec, gpu_type: str, data_center: str | None) -> st
     ]
     if spec.docker_args:  # an empty dockerArgs is reported to break deploys: leave it out
         fields.append(f"dockerArgs: {gql_string(spec.docker_args)}")
-    return f"mutation {{ podFindAndDeployOnDemand(input: {{ {', '.join(fields)} }}) {{ {_POD_FIELDS} }} }}"
+    op = "podFindAndDeployOnDemand"
+    if bid_per_gpu is not None:
+        fields.append(f"bidPerGpu: {_bid(bid_per_gpu)}")
+        op = "podRentInterruptable"
+    return f"mutation {{ {op}(input: {{ {', '.join(fields)} }}) {{ {_POD_FIELDS} }} }}"
+
+
+def _bid(value: float) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1000:
+        raise CloudInputError(
+            f"bid_per_gpu must be a number of USD per hour above 0, not {value!r}", provider="runpod"
+        )
+    return repr(float(value))
 
 
 class RunPodProvider(Provider):
-    """RunPod's GPU pods (on-demand). Reads are retried once on a transient failure; writes never are."""
+    """RunPod's GPU pods (on-demand or interruptible). Reads are retried once on a transient failure;
+    writes never are."""
 
     name = "runpod"
 
@@ -271,18 +287,31 @@ class RunPodProvider(Provider):
 
     # --- the interface ----------------------------------------------------------------------------
     async def launch(self, spec: PodSpec, *, notes: list[str] | None = None) -> PodInfo:
-        if spec.spot:
-            raise CloudInputError(
-                "RunPod interruptible (spot) pods are not supported; use on-demand", provider="runpod"
-            )
+        """On-demand, or with `spec.spot` an interruptible pod (podRentInterruptable) bidding
+        `spec.bid_per_gpu`, else the GPU type's current minimum bid (gpuTypes.lowestPrice)."""
         if not spec.gpu_types:
             raise CloudInputError("at least one GPU type is needed", provider="runpod")
+        if spec.spot and spec.bid_per_gpu is not None:
+            _bid(spec.bid_per_gpu)
+        op = "podRentInterruptable" if spec.spot else "podFindAndDeployOnDemand"
         misses: list[str] = []
         for gpu in spec.gpu_types:
+            bid = None
+            if spec.spot:
+                bid = (
+                    spec.bid_per_gpu
+                    if spec.bid_per_gpu is not None
+                    else await self.minimum_bid(gpu, spec.gpu_count)
+                )
+                if bid is None:
+                    misses.append(f"{gpu} (no spot price)")
+                    if notes is not None:
+                        notes.append(f"no spot price for {gpu}: RunPod lists no minimum bid for it")
+                    continue
             for dc in spec.data_centers:
-                query = create_mutation(spec, gpu, dc)
+                query = create_mutation(spec, gpu, dc, bid_per_gpu=bid)
                 try:
-                    raw = await self._query(query, "podFindAndDeployOnDemand")
+                    raw = await self._query(query, op)
                 except CloudCapacityError as e:
                     where = f"{gpu} in {dc or 'any data centre'}"
                     misses.append(where)
@@ -294,6 +323,22 @@ class RunPodProvider(Provider):
             "RunPod has no capacity for any GPU type and data centre tried: " + "; ".join(misses),
             provider=self.name,
         )
+
+    async def minimum_bid(self, gpu_type: str, gpu_count: int = 1) -> float | None:
+        """The GPU type's current minimum spot bid per GPU (USD/h); None when RunPod lists none."""
+        q = (
+            f"query GpuTypes {{ gpuTypes(input: {{ id: {gql_string(gpu_type)} }}) {{ id "
+            f"lowestPrice(input: {{ gpuCount: {_int(gpu_count, 'gpu_count', 1, 16)} }}) {{ minimumBidPrice }} }} }}"
+        )
+        raw = await self._query(q, "gpuTypes", read=True)
+        if not isinstance(raw, list):
+            raise CloudMalformedError("RunPod answered gpuTypes without a list", provider=self.name)
+        for item in raw:
+            lowest = item.get("lowestPrice") if isinstance(item, dict) else None
+            bid = lowest.get("minimumBidPrice") if isinstance(lowest, dict) else None
+            if isinstance(bid, int | float) and not isinstance(bid, bool) and bid > 0:
+                return float(bid)
+        return None
 
     async def status(self, pod_id: str) -> PodInfo | None:
         q = f"query pod {{ pod(input: {{ podId: {gql_string(_pod_id(pod_id))} }}) {{ {_POD_FIELDS} }} }}"

@@ -19,6 +19,9 @@ What it serves (checked by running the official `runpod` SDK 1.12.0 against it; 
   serving the pod's `MODEL` env value, else `--serve-model`), started when its runtime appears and
   stopped when the pod stops; its runtime shows that server's port as the public port of the pod's
   http port, on 127.0.0.1 (there is no RunPod proxy on loopback).
+- Spot pods: `podRentInterruptable` (the same input plus `bidPerGpu`; a bid under the GPU type's
+  `minimumBidPrice` gets the no-capacity error), billed at the bid, `podType` INTERRUPTABLE; `POST
+  /_mock/interrupt {"pod_id": ID}` takes one back as RunPod does when outbid (it stops: EXITED).
 - Faults, settable while running through `POST /_mock/config`: `html_502` (the next N answers are
   Cloudflare-style HTML 502 pages), `null_data` (the next N answers are `{"data": null}` with HTTP 500),
   `no_capacity`, `resume_fails`. `GET /_mock/pods` lists every pod with the seconds it was billed.
@@ -164,6 +167,7 @@ class _Enum(str):
 
 _OPS = (
     "podFindAndDeployOnDemand",
+    "podRentInterruptable",
     "deployCpuPod",
     "podStop",
     "podResume",
@@ -215,6 +219,7 @@ class MockPod:
     ports: str
     docker_args: str
     price: float
+    interruptible: bool = False  # a spot pod (podRentInterruptable), billed at its bid
     desired: str = "RUNNING"
     polls: int = 0
     since: float = field(default_factory=time.monotonic)  # when it last started billing
@@ -308,6 +313,8 @@ class RunPodMock:
             await send_json(send, 200, {"pods": [self._state(p) for p in self.pods.values()]})
         elif path == "/_mock/config" and method == "POST":
             await self._config(body, send)
+        elif path == "/_mock/interrupt" and method == "POST":
+            await self._interrupt(body, send)
         else:
             await send_json(send, 404, {"error": f"no route {method} {path}"})
 
@@ -355,6 +362,23 @@ class RunPodMock:
             },
         )
 
+    async def _interrupt(self, body: bytes, send: Send) -> None:
+        """`{"pod_id": ID}`: the provider takes a spot pod's GPU back (outbid): it stops (EXITED), its
+        model server goes, billing ends."""
+        try:
+            pod_id = orjson.loads(body or b"{}").get("pod_id")
+        except (orjson.JSONDecodeError, AttributeError):
+            pod_id = None
+        p = self.pods.get(pod_id) if isinstance(pod_id, str) else None
+        if p is None or not p.interruptible or p.desired != "RUNNING":
+            await send_json(send, 400, {"error": f"no running spot pod {pod_id!r}"})
+            return
+        p.billed_s += time.monotonic() - p.since
+        p.desired = "EXITED"
+        p.events.append((time.time(), "interrupted: the GPU was taken back (outbid)"))
+        await self._stop_server(p)
+        await send_json(send, 200, self._state(p))
+
     def _state(self, p: MockPod) -> dict[str, Any]:
         return {
             "id": p.id,
@@ -363,6 +387,7 @@ class RunPodMock:
             "gpuTypeId": p.gpu_type,
             "dataCenterId": p.data_center,
             "costPerHr": p.price,
+            "interruptible": p.interruptible,
             "billed_s": p.billed(),
             "server_port": p.server_port,
             "env": dict(p.env),
@@ -457,7 +482,7 @@ class RunPodMock:
             "lastStatusChange": f"{p.desired.title()} by mock",
             "machineId": f"m-{p.id}",
             "memoryInGb": 62,
-            "podType": "RESERVED",
+            "podType": "INTERRUPTABLE" if p.interruptible else "RESERVED",
             "port": p.http_port,
             "ports": p.ports,
             "uptimeSeconds": 0,  # RunPod reports 0 here too (runpodctl#315); runtime.uptimeInSeconds is real
@@ -549,6 +574,22 @@ class RunPodMock:
                 }
             )
         return out
+
+    async def _op_podRentInterruptable(self, inp: dict[str, Any], rest: str) -> dict[str, Any] | None:
+        """A spot pod: as on-demand, plus `bidPerGpu` (required, at least the GPU type's minimum bid,
+        else RunPod's no-capacity error), billed at the bid."""
+        gpu = inp.get("gpuTypeId")
+        bid = inp.get("bidPerGpu")
+        if isinstance(bid, bool) or not isinstance(bid, int | float):
+            raise _GqlError('Field "bidPerGpu" of required type "Float!" was not provided.')
+        minimum = round(self.gpus[gpu][2] * 0.5, 2) if isinstance(gpu, str) and gpu in self.gpus else None
+        if minimum is not None and bid < minimum:
+            raise _GqlError(NO_CAPACITY)
+        out = await self._op_podFindAndDeployOnDemand(inp, rest)
+        assert out is not None
+        p = self.pods[out["id"]]
+        p.interruptible, p.price = True, round(float(bid) * p.gpu_count, 4)
+        return self._pod_json(p)
 
     async def _op_podFindAndDeployOnDemand(self, inp: dict[str, Any], rest: str) -> dict[str, Any] | None:
         gpu = inp.get("gpuTypeId")
