@@ -41,6 +41,7 @@ what would have been a 503 or gone to a fallback backend).
 from __future__ import annotations
 
 import argparse
+import bisect
 import heapq
 import json
 import math
@@ -368,8 +369,6 @@ def run_skyserve(sim: Sim, *, min_replicas: int, max_replicas: int, target_qps: 
 
 
 def _window(times: list[float], lo: float, hi: float) -> list[float]:
-    import bisect
-
     return times[bisect.bisect_right(times, lo) : bisect.bisect_right(times, hi)]
 
 

@@ -108,7 +108,8 @@ def test_two_gateways_one_scaler_and_a_takeover_after_kill_9(
     with ThreadPoolExecutor(12) as ex:
         served = list(ex.map(ask, [owner, other] * 6))
     assert served == ["gpu"] * 12
-    assert pool(owner)["decides"] and not pool(other)["decides"]
+    # the follower never held the lease (not "decides" now, which a database hiccup can drop for a tick)
+    assert not any("now owns" in e["event"] for e in pool(other)["events"])
     created = mock_pods(rp)
     assert 1 <= len(created) <= 2, created  # never past max_replicas
     owner_events = " ".join(e["event"] for e in pool(owner)["events"])

@@ -587,8 +587,8 @@ class PodBackend(Backend):
             return
         for r in up:
             info = pods.get(r.pod_id or "")
-            if info is not None and info.status is PodStatus.RUNNING:
-                continue
+            if info is not None and info.status not in (PodStatus.STOPPED, PodStatus.TERMINATED):
+                continue  # running (or a state not known here: not taken for an interruption)
             why = "spot pod interrupted by the provider (its GPU was taken back)"
             self._event(f"pod {r.pod_id}: {why}; replacing it")
             self.last_error = r.last_error = why
