@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from hybridgate.backends import Lifecycle
+from hybridgate.backends import BackendConnectError, BackendError, BackendTimeoutError, Lifecycle
 from hybridgate.backends.pod import PodBackend, Replica
 from hybridgate.cloud._autoscale import ScalePolicy
 from hybridgate.config import BackendConfig
@@ -295,3 +295,58 @@ def test_calls_waiting_for_a_cold_start_count_until_one_is_ready_or_they_gave_up
     p.demand()
     assert p._waiting_now(now[0], any_ready=True) == 1  # one ready: the waiting calls move into the pool
     assert p._waiting_now(now[0], any_ready=True) == 0
+
+
+class _Probed:
+    """A replica's model server as its health probe sees it: answers, or raises what it is told to."""
+
+    def __init__(self) -> None:
+        self.error: BackendError | None = None
+
+    async def check_health(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_pod_is_replaced_after_failures_to_trip_probes_and_a_busy_timeout_is_not_counted() -> None:
+    p = PodBackend(
+        BackendConfig(
+            name="probed",
+            kind="pod",
+            api_key=KEY,
+            models={"m": "m"},
+            health={"failures_to_trip": 2, "interval_s": 5},
+            options={"gpu_types": ["NVIDIA L4"], "image": "img"},
+        )
+    )
+    r = Replica(p, None, "hg-probed-1")  # no pod id: retiring it calls no provider
+    r.set(Lifecycle.READY)
+    server = _Probed()
+    r.backend = server  # type: ignore[assignment]
+    p.replicas = [r]
+    # A probe timing out while a call to it is in flight: busy, not dead; not counted.
+    server.error = BackendTimeoutError("health check timed out after 2s")
+    r.acquire()
+    for _ in range(3):
+        await p.check_health()
+    assert r.lifecycle is Lifecycle.READY and r.health_failures == 0 and "busy" in (r.last_error or "")
+    r.release()
+    # Refused with nothing in flight: counted; one failure is not enough, a success resets the count.
+    server.error = BackendConnectError("connection refused")
+    with pytest.raises(BackendError, match="every ready pod failed"):
+        await p.check_health()
+    assert r.lifecycle is Lifecycle.READY and r.health_failures == 1
+    server.error = None
+    await p.check_health()
+    assert r.health_failures == 0
+    server.error = BackendConnectError("connection refused")
+    for _ in range(2):
+        with pytest.raises(BackendError):
+            await p.check_health()
+    assert r.lifecycle is Lifecycle.DRAINING and "2 failed health checks in a row" in r.transitions[-1][2]
+    assert r.task is not None
+    await r.task
+    assert r.lifecycle is Lifecycle.STOPPED and r not in p.replicas
