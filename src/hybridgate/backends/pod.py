@@ -477,7 +477,7 @@ class PodBackend(Backend):
     async def _run(self) -> None:
         with contextlib.suppress(CloudError):
             await self._adopt()
-        while True:
+        while not self._closing:
             try:
                 await self._tick()
             except asyncio.CancelledError:
@@ -486,8 +486,11 @@ class PodBackend(Backend):
                 log.exception("pods %s: controller step failed", self.name)
                 self.last_error = f"controller: {e!r}"
             self._wake.clear()
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that arrives as
+            # the event is set (demand() just before close()), and close() then waited for ever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.options.poll_s)
+                async with asyncio.timeout(self.options.poll_s):
+                    await self._wake.wait()
 
     async def _adopt(self) -> None:
         """Pods of this pool left by an earlier gateway (a crash, stop_on_shutdown false): take them back."""
@@ -910,7 +913,8 @@ class PodBackend(Backend):
         if r.in_flight:
             r.drained.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(r.drained.wait(), o.drain_s)
+                async with asyncio.timeout(o.drain_s):  # not wait_for: see _run
+                    await r.drained.wait()
         await self._retire(r, terminate=terminate, why=why)
 
     def resume_one(self, r: Replica) -> None:
@@ -958,7 +962,8 @@ class PodBackend(Backend):
                     )
                 self._changed.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), min(left, 1.0))
+                    async with asyncio.timeout(min(left, 1.0)):  # not wait_for: see _run
+                        await self._changed.wait()
                 r = self._free()
                 if r is not None:
                     return r
