@@ -392,6 +392,8 @@ async def test_a_pool_routes_through_its_cluster_rearms_the_deadman_and_downs_it
     [
         ({"provider": "skypilot", "data_centers": ["US-TX-3"]}, "skypilot.infra"),
         ({"provider": "skypilot", "provider_url": "http://x"}, "skypilot.api_server"),
+        ({"provider": "skypilot", "spot": True}, "use skypilot.spot"),
+        ({"provider": "skypilot", "bid_per_gpu": 0.2}, "use skypilot.spot"),
         ({"gpu_types": ["L4"], "image": "img", "skypilot": {}}, "only with provider skypilot"),
         ({"provider": "skypilot", "skypilot": {"deadman_minutes": 0}}, "options.skypilot.deadman_minutes"),
         ({"provider": "skypilot", "skypilot": {"spot": "sometimes"}}, "options.skypilot.spot"),

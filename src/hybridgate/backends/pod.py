@@ -190,6 +190,11 @@ class PodOptions(BaseModel):
                 )
             if self.provider_url is not None:
                 raise ValueError("provider_url: RunPod only; with provider skypilot use skypilot.api_server")
+            if self.spot or self.bid_per_gpu is not None:
+                raise ValueError(
+                    "spot, bid_per_gpu: RunPod only; with provider skypilot use skypilot.spot "
+                    "(spot_then_on_demand, spot or on_demand)"
+                )
         return self
 
 
