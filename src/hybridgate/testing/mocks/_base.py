@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+import contextlib
+import signal
+import socket
+import sys
+from collections.abc import Awaitable, Sequence
 
 from hybridgate._asgi import Receive, Send
 
@@ -47,3 +51,46 @@ class MockASGIServer:
             self.in_flight -= 1
         if not work.cancelled():
             work.result()  # an answer's error (an injected drop, a refusal) is this request's
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    """A backing server must not outlive the mock, even one killed with SIGKILL (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+async def start_model_server(model: str, args: Sequence[str] = ()) -> tuple[asyncio.subprocess.Process, int]:
+    """A real `hybridgate mock-server` on a free loopback port, serving `model`: what a mock cloud's pod or
+    cluster runs once it is up (so routing to it can be tested for real). It dies with this process."""
+    port = _free_port()
+    proc = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "hybridgate", "mock-server", "--port", str(port), "--model", model, *args],
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+    )
+    return proc, port
+
+
+async def stop_model_server(proc: asyncio.subprocess.Process | None) -> None:
+    """Stop a server `start_model_server` started: SIGTERM, then SIGKILL after 5 s."""
+    if proc is None or proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.terminate()
+    try:
+        await asyncio.wait_for(proc.wait(), 5)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()

@@ -34,15 +34,11 @@ mutation is answered with the no-capacity error; stopping or terminating an unkn
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import json
 import logging
 import re
 import secrets
-import signal
-import socket
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +46,7 @@ from typing import Any
 import orjson
 
 from hybridgate._asgi import Receive, Scope, Send, header, send_bytes, send_json
+from hybridgate.testing.mocks._base import start_model_server, stop_model_server
 
 log = logging.getLogger("hybridgate.mock_runpod")
 
@@ -246,22 +243,6 @@ class Faults:
     resume_fails: bool = False
     html_502: int = 0
     null_data: int = 0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    """A backing server must not outlive the mock, even one killed with SIGKILL (Linux)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
 
 
 class RunPodMock:
@@ -507,40 +488,14 @@ class RunPodMock:
             await self._start_server(p)
 
     async def _start_server(self, p: MockPod) -> None:
-        port = _free_port()
         model = p.env.get("MODEL") or self.serve_model
-        args = [
-            sys.executable,
-            "-m",
-            "hybridgate",
-            "mock-server",
-            "--port",
-            str(port),
-            "--model",
-            model,
-            *self.server_args,
-        ]
-        p.server = await asyncio.create_subprocess_exec(
-            *args,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-        )
+        p.server, port = await start_model_server(model, self.server_args)
         p.server_port = port
         p.events.append((time.time(), f"model server starting on 127.0.0.1:{port} (model {model})"))
 
     async def _stop_server(self, p: MockPod) -> None:
         proc, p.server, p.server_port = p.server, None, None
-        if proc is None or proc.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), 5)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+        await stop_model_server(proc)
 
     async def shutdown(self) -> None:
         await asyncio.gather(*(self._stop_server(p) for p in self.pods.values()), return_exceptions=True)

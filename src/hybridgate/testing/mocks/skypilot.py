@@ -36,9 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import pickle
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -49,7 +47,7 @@ import orjson
 import yaml
 
 from hybridgate._asgi import Receive, Scope, Send, send_bytes
-from hybridgate.testing.mocks.runpod import _die_with_parent, _free_port
+from hybridgate.testing.mocks._base import start_model_server, stop_model_server
 
 API_VERSION = 62  # sky.server.constants.API_VERSION of skypilot 0.14.1
 VERSION = "0.14.1"
@@ -490,21 +488,12 @@ class SkyPilotMock:
         c.armed_at = time.monotonic()  # a (re)start resets the idle timer
 
     async def _start_server(self, c: Cluster) -> None:
-        port = _free_port()
         envs = c.task.get("envs") or {}
         secrets_ = c.task.get("secrets") or {}
         model = str(envs.get("MODEL") or "mock")
-        args = [sys.executable, "-m", "hybridgate", "mock-server", "--port", str(port), "--model", model]
         key = secrets_.get("HYBRIDGATE_REPLICA_API_KEY")
-        if key:
-            args += ["--api-key", str(key)]
-        args += self.faults.server_args
-        c.server = await asyncio.create_subprocess_exec(
-            *args,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-        )
+        args = [*(["--api-key", str(key)] if key else []), *self.faults.server_args]
+        c.server, port = await start_model_server(model, args)
         c.server_port = port
         c.events.append(f"model server on 127.0.0.1:{port} (model {model})")
 
@@ -513,16 +502,7 @@ class SkyPilotMock:
         if c.up_since is not None:
             c.billed_s += time.monotonic() - c.up_since
             c.up_since = None
-        if proc is None or proc.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), 5)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+        await stop_model_server(proc)
 
     async def _do_enabled_clouds(self, body: dict[str, Any], req: Request) -> Any:
         return list(self.faults.enabled_clouds)
