@@ -7,14 +7,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
+from _pods import wait_for
 from hybridgate.testing.mocks.runpod import start_mock_runpod
 from hybridgate.testing.procs import Proc, start_gateway
 
@@ -47,16 +46,6 @@ def gw(tmp_path: Path) -> Iterator[tuple[Proc, Proc]]:
     yield gateway, rp
     gateway.stop()
     rp.stop()
-
-
-def wait_for(what: str, check: Any, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"{what}: not within {timeout}s")
 
 
 def test_operator_actions_and_their_errors(gw: tuple[Proc, Proc]) -> None:

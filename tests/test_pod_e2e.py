@@ -8,40 +8,22 @@ idle, the pod stops; its cost rows in the ledger match the mock's billed time.
 from __future__ import annotations
 
 import sqlite3
-import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import httpx
 import openai
 import pytest
 
+import _pods
+from _pods import wait_for
 from hybridgate.testing.mocks.runpod import start_mock_runpod
 from hybridgate.testing.procs import Proc, start_gateway, start_mock_server
 
 MASTER = "sk-master-pods-0123456789"
 RP_KEY = "rp-test-key"
 
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for p in reversed(started):
-        p.stop()
-
-
-def wait_for(what: str, check: Any, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"{what}: not within {timeout}s (last: {last!r})")
+procs = _pods.procs
 
 
 def test_local_killed_a_pod_starts_serves_stops_when_idle_and_its_cost_is_booked(

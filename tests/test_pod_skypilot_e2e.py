@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,8 @@ import httpx
 import openai
 import pytest
 
+import _pods
+from _pods import wait_for
 from hybridgate.testing.mocks.skypilot import start_mock_skypilot
 from hybridgate.testing.procs import Proc, start_gateway
 
@@ -30,24 +30,7 @@ if not SKY_PYTHON.exists():
         f"{SKY_PYTHON} is missing: `make .venv-sky` creates it (make test does)", allow_module_level=True
     )
 
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for p in reversed(started):
-        p.stop()
-
-
-def wait_for(what: str, check: Any, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"{what}: not within {timeout}s (last: {last!r})")
+procs = _pods.procs
 
 
 def test_a_skypilot_pod_backend_launches_serves_tears_down_and_books_its_cost(

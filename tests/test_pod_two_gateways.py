@@ -7,16 +7,16 @@ and the pool still stops its pods when idle."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
-import pytest
 
 import _accounts
+import _pods
+from _pods import wait_for
 from hybridgate.testing.mocks.runpod import start_mock_runpod
 from hybridgate.testing.procs import Proc, start_gateway
 
@@ -27,24 +27,7 @@ RP_KEY = "rp-test-key"
 ADMIN = {"Authorization": f"Bearer {MASTER}"}
 LEASE_TTL_S = 3.0
 
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for p in reversed(started):
-        p.stop()
-
-
-def wait_for(what: str, check: Any, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"{what}: not within {timeout}s (last: {last!r})")
+procs = _pods.procs
 
 
 def pool(gw: Proc) -> dict[str, Any]:
