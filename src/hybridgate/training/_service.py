@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import logging
 import time
 import uuid
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import Executable, delete, insert, select, update
 
 from hybridgate.protocol import (
     BadRequestError,
@@ -53,6 +54,13 @@ log = logging.getLogger("hybridgate.training")
 JSON = "application/json"
 PROTO = "application/x-protobuf"
 _KEEP_FUTURES = 5000
+
+# Within a future's task (`TrainingService.run_future`): the statements its step's bookkeeping produced
+# (cost and token counters, steps, loss history), written in the same transaction as the future's result,
+# so a step costs one commit, not four, between the worker's answer and the client's.
+_step_writes: contextvars.ContextVar[list[Executable] | None] = contextvars.ContextVar(
+    "hybridgate_training_step_writes", default=None
+)
 
 
 class StepError(Exception):
@@ -89,6 +97,8 @@ class Run:
     lora: dict[str, Any]
     worker: Worker
     steps: int = 0
+    # What `training_runs.loss_history` holds (the row is written fresh when the run is created).
+    loss_history: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -268,6 +278,8 @@ class TrainingService:
         """Finish `rec` with what `work` returns (content type, payload), or fail it with its error."""
 
         async def go() -> None:
+            writes: list[Executable] = []
+            _step_writes.set(writes)  # this task's own context: seen by `work`, awaited here
             try:
                 ctype, payload = await work
                 rec.status, rec.content_type, rec.payload = "done", ctype, payload
@@ -282,6 +294,8 @@ class TrainingService:
                 rec.status, rec.error, rec.category = "failed", f"{type(e).__name__}: {e}", "server"
             try:
                 async with self.store.engine.begin() as conn:
+                    for stmt in writes:
+                        await conn.execute(stmt)
                     await conn.execute(
                         update(training_futures)
                         .where(training_futures.c.request_id == rec.request_id)
@@ -368,9 +382,27 @@ class TrainingService:
             )
         return rid
 
+    async def _write_step(self, stmt: Executable) -> None:
+        """A step's bookkeeping statement: joins its future's transaction inside `run_future`, else its own."""
+        writes = _step_writes.get()
+        if writes is not None:
+            writes.append(stmt)
+            return
+        async with self.store.engine.begin() as conn:
+            await conn.execute(stmt)
+
     async def settle(
-        self, p: Principal, reservation: int | None, run_id: str, base_model: str, u: Usage, ok: bool, op: str
+        self,
+        p: Principal,
+        reservation: int | None,
+        run_id: str,
+        base_model: str,
+        u: Usage,
+        ok: bool,
+        op: str,
+        **run_values: Any,
     ) -> float:
+        """Settle the reservation, add the ledger row, and update the run's counters (plus `run_values`)."""
         cost = self.price(u) if ok else 0.0
         self.ledger.book.settle(p.key_id, reservation, cost)
         now = time.time()
@@ -400,19 +432,19 @@ class TrainingService:
                 "training_tokens": u.train,
             }
         )
-        async with self.store.engine.begin() as conn:
-            await conn.execute(
-                update(training_runs)
-                .where(training_runs.c.id == run_id)
-                .values(
-                    train_tokens=training_runs.c.train_tokens + u.train,
-                    prefill_tokens=training_runs.c.prefill_tokens + u.prefill,
-                    sample_tokens=training_runs.c.sample_tokens + u.sampled,
-                    gpu_seconds=training_runs.c.gpu_seconds + u.seconds,
-                    cost_usd=training_runs.c.cost_usd + cost,
-                    last_request_at=now,
-                )
+        await self._write_step(
+            update(training_runs)
+            .where(training_runs.c.id == run_id)
+            .values(
+                train_tokens=training_runs.c.train_tokens + u.train,
+                prefill_tokens=training_runs.c.prefill_tokens + u.prefill,
+                sample_tokens=training_runs.c.sample_tokens + u.sampled,
+                gpu_seconds=training_runs.c.gpu_seconds + u.seconds,
+                cost_usd=training_runs.c.cost_usd + cost,
+                last_request_at=now,
+                **run_values,
             )
+        )
         return cost
 
     # --- runs -----------------------------------------------------------------------------------
@@ -509,33 +541,22 @@ class TrainingService:
             except BaseException:
                 await self.settle(p, reservation, run.id, run.base_model, Usage(), False, "forward_backward")
                 raise
-            u = (
-                Usage(prefill=tokens, seconds=res["seconds"])
-                if forward_only
-                else Usage(train=tokens, seconds=res["seconds"])
-            )
+            extra: dict[str, Any] = {}
+            if forward_only:
+                u = Usage(prefill=tokens, seconds=res["seconds"])
+            else:
+                u = Usage(train=tokens, seconds=res["seconds"])
+                loss_sum, weight_sum = res["loss_sum"], res["weight_sum"]
+                mean = loss_sum / weight_sum if weight_sum else loss_sum
+                run.loss_history.append({"step": run.steps, "loss_sum": loss_sum, "loss_mean": mean})
+                del run.loss_history[:-1000]
+                extra["loss_history"] = orjson.dumps(run.loss_history).decode()
             res["cost_usd"] = await self.settle(
-                p, reservation, run.id, run.base_model, u, True, "forward_backward"
+                p, reservation, run.id, run.base_model, u, True, "forward_backward", **extra
             )
-            if not forward_only:
-                await self._record_loss(run, res["loss_sum"], res["weight_sum"])
             return res
 
         return wait
-
-    async def _record_loss(self, run: Run, loss_sum: float, weight_sum: float) -> None:
-        async with self.store.engine.begin() as conn:
-            row = (
-                await conn.execute(select(training_runs.c.loss_history).where(training_runs.c.id == run.id))
-            ).first()
-            hist = orjson.loads(row.loss_history) if row is not None else []
-            mean = loss_sum / weight_sum if weight_sum else loss_sum
-            hist.append({"step": run.steps, "loss_sum": loss_sum, "loss_mean": mean})
-            await conn.execute(
-                update(training_runs)
-                .where(training_runs.c.id == run.id)
-                .values(loss_history=orjson.dumps(hist[-1000:]).decode())
-            )
 
     def submit_optim_step(
         self, p: Principal, run: Run, adam: dict[str, Any]
@@ -550,13 +571,8 @@ class TrainingService:
                 await self.settle(p, reservation, run.id, run.base_model, Usage(), False, "optim_step")
                 raise
             run.steps += 1
-            await self.settle(
-                p, reservation, run.id, run.base_model, Usage(seconds=res["seconds"]), True, "optim_step"
-            )
-            async with self.store.engine.begin() as conn:
-                await conn.execute(
-                    update(training_runs).where(training_runs.c.id == run.id).values(steps=run.steps)
-                )
+            u = Usage(seconds=res["seconds"])
+            await self.settle(p, reservation, run.id, run.base_model, u, True, "optim_step", steps=run.steps)
             return res
 
         return wait
