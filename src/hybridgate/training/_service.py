@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from sqlalchemy import Executable, delete, insert, select, update
+from sqlalchemy import Executable, Update, bindparam, delete, insert, select, update
 
 from hybridgate.protocol import (
     BadRequestError,
@@ -58,9 +58,50 @@ _KEEP_FUTURES = 5000
 # Within a future's task (`TrainingService.run_future`): the statements its step's bookkeeping produced
 # (cost and token counters, steps, loss history), written in the same transaction as the future's result,
 # so a step costs one commit, not four, between the worker's answer and the client's.
-_step_writes: contextvars.ContextVar[list[Executable] | None] = contextvars.ContextVar(
+_step_writes: contextvars.ContextVar[list[tuple[Executable, dict[str, Any]]] | None] = contextvars.ContextVar(
     "hybridgate_training_step_writes", default=None
 )
+
+# The statements every step runs, built once with bound parameters: building and hashing a fresh
+# statement cost as much CPU as the database work itself.
+_F = training_futures.c
+_NEW_FUTURE = insert(training_futures).values(
+    request_id=bindparam("request_id"),
+    key_id=bindparam("key_id"),
+    run_id=bindparam("run_id"),
+    dedupe=bindparam("dedupe"),
+    type=bindparam("type"),
+    status="pending",
+    created_at=bindparam("created_at"),
+)
+_FINISH_FUTURE = (
+    update(training_futures)
+    .where(_F.request_id == bindparam("rid"))
+    .values(
+        status=bindparam("status"),
+        content_type=bindparam("content_type"),
+        payload=bindparam("payload"),
+        error=bindparam("error"),
+        category=bindparam("category"),
+        finished_at=bindparam("finished_at"),
+    )
+)
+_R = training_runs.c
+_RUN_COUNTERS: dict[str, Any] = {
+    "train_tokens": _R.train_tokens + bindparam("train", type_=_R.train_tokens.type),
+    "prefill_tokens": _R.prefill_tokens + bindparam("prefill", type_=_R.prefill_tokens.type),
+    "sample_tokens": _R.sample_tokens + bindparam("sampled", type_=_R.sample_tokens.type),
+    "gpu_seconds": _R.gpu_seconds + bindparam("seconds", type_=_R.gpu_seconds.type),
+    "cost_usd": _R.cost_usd + bindparam("cost", type_=_R.cost_usd.type),
+    "last_request_at": bindparam("now", type_=_R.last_request_at.type),
+}
+# settle's UPDATE of the run, by the extra columns it sets: none, the step count, the loss history
+_SETTLE_RUN: dict[tuple[str, ...], Update] = {
+    extra: update(training_runs)
+    .where(_R.id == bindparam("run_id"))
+    .values(**_RUN_COUNTERS, **{c: bindparam(c) for c in extra})
+    for extra in ((), ("steps",), ("loss_history",))
+}
 
 
 class StepError(Exception):
@@ -262,15 +303,15 @@ class TrainingService:
                 break
         async with self.store.engine.begin() as conn:
             await conn.execute(
-                insert(training_futures).values(
-                    request_id=rec.request_id,
-                    key_id=p.key_id,
-                    run_id=run_id,
-                    dedupe=dedupe,
-                    type=type_,
-                    status="pending",
-                    created_at=time.time(),
-                )
+                _NEW_FUTURE,
+                {
+                    "request_id": rec.request_id,
+                    "key_id": p.key_id,
+                    "run_id": run_id,
+                    "dedupe": dedupe,
+                    "type": type_,
+                    "created_at": time.time(),
+                },
             )
         return rec, True
 
@@ -278,7 +319,7 @@ class TrainingService:
         """Finish `rec` with what `work` returns (content type, payload), or fail it with its error."""
 
         async def go() -> None:
-            writes: list[Executable] = []
+            writes: list[tuple[Executable, dict[str, Any]]] = []
             _step_writes.set(writes)  # this task's own context: seen by `work`, awaited here
             try:
                 ctype, payload = await work
@@ -294,19 +335,19 @@ class TrainingService:
                 rec.status, rec.error, rec.category = "failed", f"{type(e).__name__}: {e}", "server"
             try:
                 async with self.store.engine.begin() as conn:
-                    for stmt in writes:
-                        await conn.execute(stmt)
+                    for stmt, params in writes:
+                        await conn.execute(stmt, params)
                     await conn.execute(
-                        update(training_futures)
-                        .where(training_futures.c.request_id == rec.request_id)
-                        .values(
-                            status=rec.status,
-                            content_type=rec.content_type,
-                            payload=rec.payload,
-                            error=rec.error,
-                            category=rec.category,
-                            finished_at=time.time(),
-                        )
+                        _FINISH_FUTURE,
+                        {
+                            "rid": rec.request_id,
+                            "status": rec.status,
+                            "content_type": rec.content_type,
+                            "payload": rec.payload,
+                            "error": rec.error,
+                            "category": rec.category,
+                            "finished_at": time.time(),
+                        },
                     )
             except Exception:
                 log.exception("cannot record training future %s", rec.request_id)
@@ -382,14 +423,14 @@ class TrainingService:
             )
         return rid
 
-    async def _write_step(self, stmt: Executable) -> None:
+    async def _write_step(self, stmt: Executable, params: dict[str, Any]) -> None:
         """A step's bookkeeping statement: joins its future's transaction inside `run_future`, else its own."""
         writes = _step_writes.get()
         if writes is not None:
-            writes.append(stmt)
+            writes.append((stmt, params))
             return
         async with self.store.engine.begin() as conn:
-            await conn.execute(stmt)
+            await conn.execute(stmt, params)
 
     async def settle(
         self,
@@ -400,9 +441,11 @@ class TrainingService:
         u: Usage,
         ok: bool,
         op: str,
-        **run_values: Any,
+        *,
+        steps: int | None = None,
+        loss_history: str | None = None,
     ) -> float:
-        """Settle the reservation, add the ledger row, and update the run's counters (plus `run_values`)."""
+        """Settle the reservation, add the ledger row, update the run's counters (and steps or loss history)."""
         cost = self.price(u) if ok else 0.0
         self.ledger.book.settle(p.key_id, reservation, cost)
         now = time.time()
@@ -432,19 +475,21 @@ class TrainingService:
                 "training_tokens": u.train,
             }
         )
-        await self._write_step(
-            update(training_runs)
-            .where(training_runs.c.id == run_id)
-            .values(
-                train_tokens=training_runs.c.train_tokens + u.train,
-                prefill_tokens=training_runs.c.prefill_tokens + u.prefill,
-                sample_tokens=training_runs.c.sample_tokens + u.sampled,
-                gpu_seconds=training_runs.c.gpu_seconds + u.seconds,
-                cost_usd=training_runs.c.cost_usd + cost,
-                last_request_at=now,
-                **run_values,
-            )
-        )
+        params: dict[str, Any] = {
+            "run_id": run_id,
+            "train": u.train,
+            "prefill": u.prefill,
+            "sampled": u.sampled,
+            "seconds": u.seconds,
+            "cost": cost,
+            "now": now,
+        }
+        extra: tuple[str, ...] = ()
+        if steps is not None:
+            extra, params["steps"] = ("steps",), steps
+        elif loss_history is not None:
+            extra, params["loss_history"] = ("loss_history",), loss_history
+        await self._write_step(_SETTLE_RUN[extra], params)
         return cost
 
     # --- runs -----------------------------------------------------------------------------------
@@ -541,7 +586,7 @@ class TrainingService:
             except BaseException:
                 await self.settle(p, reservation, run.id, run.base_model, Usage(), False, "forward_backward")
                 raise
-            extra: dict[str, Any] = {}
+            history = None
             if forward_only:
                 u = Usage(prefill=tokens, seconds=res["seconds"])
             else:
@@ -550,9 +595,9 @@ class TrainingService:
                 mean = loss_sum / weight_sum if weight_sum else loss_sum
                 run.loss_history.append({"step": run.steps, "loss_sum": loss_sum, "loss_mean": mean})
                 del run.loss_history[:-1000]
-                extra["loss_history"] = orjson.dumps(run.loss_history).decode()
+                history = orjson.dumps(run.loss_history).decode()
             res["cost_usd"] = await self.settle(
-                p, reservation, run.id, run.base_model, u, True, "forward_backward", **extra
+                p, reservation, run.id, run.base_model, u, True, "forward_backward", loss_history=history
             )
             return res
 
