@@ -194,6 +194,10 @@ class TrainingService:
         self.futures: collections.OrderedDict[str, FutureRec] = collections.OrderedDict()
         self._dedupe: dict[str, str] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Steps' writes take turns here rather than in SQLite's busy handler, which sleeps a millisecond
+        # or more when two transactions want the write lock at once (a forward_backward's and the
+        # optim_step's that finished right after it).
+        self._write_turn = asyncio.Lock()
         self.served: dict[str, str] = {}  # public model name -> run id, for the data plane
 
     # --- lifespan -------------------------------------------------------------------------------
@@ -301,18 +305,15 @@ class TrainingService:
                 self.futures[old_id] = old
                 self.futures.move_to_end(old_id, last=False)
                 break
-        async with self.store.engine.begin() as conn:
-            await conn.execute(
-                _NEW_FUTURE,
-                {
-                    "request_id": rec.request_id,
-                    "key_id": p.key_id,
-                    "run_id": run_id,
-                    "dedupe": dedupe,
-                    "type": type_,
-                    "created_at": time.time(),
-                },
-            )
+        new = {
+            "request_id": rec.request_id,
+            "key_id": p.key_id,
+            "run_id": run_id,
+            "dedupe": dedupe,
+            "type": type_,
+            "created_at": time.time(),
+        }
+        await self._commit([(_NEW_FUTURE, new)])
         return rec, True
 
     def run_future(self, rec: FutureRec, work: Awaitable[tuple[str, bytes]]) -> None:
@@ -333,22 +334,22 @@ class TrainingService:
             except Exception as e:
                 log.exception("training future %s failed", rec.request_id)
                 rec.status, rec.error, rec.category = "failed", f"{type(e).__name__}: {e}", "server"
+            writes.append(
+                (
+                    _FINISH_FUTURE,
+                    {
+                        "rid": rec.request_id,
+                        "status": rec.status,
+                        "content_type": rec.content_type,
+                        "payload": rec.payload,
+                        "error": rec.error,
+                        "category": rec.category,
+                        "finished_at": time.time(),
+                    },
+                )
+            )
             try:
-                async with self.store.engine.begin() as conn:
-                    for stmt, params in writes:
-                        await conn.execute(stmt, params)
-                    await conn.execute(
-                        _FINISH_FUTURE,
-                        {
-                            "rid": rec.request_id,
-                            "status": rec.status,
-                            "content_type": rec.content_type,
-                            "payload": rec.payload,
-                            "error": rec.error,
-                            "category": rec.category,
-                            "finished_at": time.time(),
-                        },
-                    )
+                await self._commit(writes)
             except Exception:
                 log.exception("cannot record training future %s", rec.request_id)
             rec.done.set()
@@ -429,8 +430,12 @@ class TrainingService:
         if writes is not None:
             writes.append((stmt, params))
             return
-        async with self.store.engine.begin() as conn:
-            await conn.execute(stmt, params)
+        await self._commit([(stmt, params)])
+
+    async def _commit(self, writes: list[tuple[Executable, dict[str, Any]]]) -> None:
+        async with self._write_turn, self.store.engine.begin() as conn:
+            for stmt, params in writes:
+                await conn.execute(stmt, params)
 
     async def settle(
         self,
