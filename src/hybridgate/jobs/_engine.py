@@ -1136,6 +1136,7 @@ class JobEngine:
         seen_logs = len(logs)
         interval = 0.2
         last: tuple[Any, ...] | None = None
+        shown = float(row.progress or 0.0)  # progress only moves forward, even across a restart
         failures = 0
         while True:
             fresh = await self._row(row.id)
@@ -1164,7 +1165,10 @@ class JobEngine:
                 if new:
                     logs = (logs + new)[-_MAX_LOGS:]
                     seen_logs = len(st.logs)
-                progress = st.progress if st.progress is not None else (0.5 if st.state == "running" else 0.0)
+                # What the provider says, never less than was shown: a provider that tells nothing (fal)
+                # keeps the job at what it showed until the end, rather than at an invented figure that
+                # its first real progress report (ComfyUI's websocket) could then undercut.
+                progress = shown = max(shown, st.progress or 0.0)
                 now_state = (st.state, st.queue_position, round(progress, 3), len(logs))
                 if now_state != last:
                     last = now_state
