@@ -7,9 +7,42 @@ import contextlib
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from hybridgate._asgi import Receive, Send
+
+
+async def lifespan(
+    receive: Receive,
+    send: Send,
+    startup: Callable[[], None] | None = None,
+    shutdown: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Answer an ASGI lifespan: `startup` runs before startup completes, `shutdown` before shutdown does."""
+    while True:
+        msg = await receive()
+        if msg["type"] == "lifespan.startup":
+            if startup is not None:
+                startup()
+            await send({"type": "lifespan.startup.complete"})
+        elif msg["type"] == "lifespan.shutdown":
+            if shutdown is not None:
+                await shutdown()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def whole_body(receive: Receive) -> bytes:
+    """A request's body, all of it (a mock trusts its test clients: no size bound)."""
+    chunks = []
+    while True:
+        msg = await receive()
+        if msg["type"] != "http.request":
+            break
+        chunks.append(msg.get("body", b""))
+        if not msg.get("more_body"):
+            break
+    return b"".join(chunks)
 
 
 class MockASGIServer:
@@ -21,13 +54,7 @@ class MockASGIServer:
 
     @staticmethod
     async def _lifespan(receive: Receive, send: Send) -> None:
-        while True:
-            msg = await receive()
-            if msg["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif msg["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await lifespan(receive, send)
 
     async def _until_disconnect(self, receive: Receive, answer: Awaitable[None]) -> None:
         """Run `answer`, cancelled as soon as its client disconnects: a hung, slow or stalled answer must not

@@ -46,7 +46,7 @@ from typing import Any
 import orjson
 
 from hybridgate._asgi import Receive, Scope, Send, header, send_bytes, send_json
-from hybridgate.testing.mocks._base import start_model_server, stop_model_server
+from hybridgate.testing.mocks._base import lifespan, start_model_server, stop_model_server, whole_body
 
 log = logging.getLogger("hybridgate.mock_runpod")
 
@@ -274,18 +274,12 @@ class RunPodMock:
     # --- ASGI --------------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                msg = await receive()
-                if msg["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif msg["type"] == "lifespan.shutdown":
-                    await self.shutdown()
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await lifespan(receive, send, shutdown=self.shutdown)
+            return
         if scope["type"] != "http":
             return
         path, method = scope["path"], scope["method"]
-        body = await self._body(receive)
+        body = await whole_body(receive)
         if path == "/health" and method == "GET":
             await send_json(send, 200, {"status": "ok", "pods": len(self.pods)})
         elif path == "/graphql" and method == "POST":
@@ -298,17 +292,6 @@ class RunPodMock:
             await self._interrupt(body, send)
         else:
             await send_json(send, 404, {"error": f"no route {method} {path}"})
-
-    async def _body(self, receive: Receive) -> bytes:
-        chunks = []
-        while True:
-            msg = await receive()
-            if msg["type"] != "http.request":
-                break
-            chunks.append(msg.get("body", b""))
-            if not msg.get("more_body"):
-                break
-        return b"".join(chunks)
 
     async def _config(self, body: bytes, send: Send) -> None:
         try:

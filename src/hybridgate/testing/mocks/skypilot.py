@@ -47,7 +47,7 @@ import orjson
 import yaml
 
 from hybridgate._asgi import Receive, Scope, Send, send_bytes
-from hybridgate.testing.mocks._base import start_model_server, stop_model_server
+from hybridgate.testing.mocks._base import lifespan, start_model_server, stop_model_server, whole_body
 
 API_VERSION = 62  # sky.server.constants.API_VERSION of skypilot 0.14.1
 VERSION = "0.14.1"
@@ -255,22 +255,18 @@ class SkyPilotMock:
         self.gone: dict[str, float] = {}  # cluster name -> seconds billed, once torn down
         self._ticker: asyncio.Task[None] | None = None
 
+    def _start_ticker(self) -> None:
+        self._ticker = asyncio.create_task(self._autostop_loop())
+
     # --- ASGI ------------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                msg = await receive()
-                if msg["type"] == "lifespan.startup":
-                    self._ticker = asyncio.create_task(self._autostop_loop())
-                    await send({"type": "lifespan.startup.complete"})
-                elif msg["type"] == "lifespan.shutdown":
-                    await self.shutdown()
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await lifespan(receive, send, startup=self._start_ticker, shutdown=self.shutdown)
+            return
         if scope["type"] != "http":
             return
         path, method = scope["path"], scope["method"]
-        body = await self._body(receive)
+        body = await whole_body(receive)
         query = parse_qs(scope.get("query_string", b"").decode())
         if path == "/api/health" and method == "GET":
             await self._json(
@@ -315,18 +311,6 @@ class SkyPilotMock:
             await self._config(body, send)
         else:
             await self._json(send, 404, {"detail": "Not Found"})
-
-    @staticmethod
-    async def _body(receive: Receive) -> bytes:
-        chunks = []
-        while True:
-            msg = await receive()
-            if msg["type"] != "http.request":
-                break
-            chunks.append(msg.get("body", b""))
-            if not msg.get("more_body"):
-                break
-        return b"".join(chunks)
 
     @staticmethod
     async def _json(
