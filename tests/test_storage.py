@@ -44,23 +44,26 @@ def _creds() -> dict[str, str]:
 _bucket_n = iter(range(1000))
 
 
+def storage_for(request: pytest.FixtureRequest, tmp_path: Path, prefix: str, max_bytes: int) -> Storage:
+    """Local files or a fresh bucket on the session's moto server (`request.param`), not started yet."""
+    if request.param == "local":
+        return LocalStorage(tmp_path / "files", max_bytes=max_bytes)
+    endpoint = request.getfixturevalue("s3_server")
+    bucket = f"bucket-{next(_bucket_n)}"
+    make_bucket(endpoint, bucket)
+    return S3Storage(
+        f"s3://{bucket}/{prefix}",
+        max_bytes,
+        endpoint_url=endpoint,
+        region="us-east-1",
+        access_key_id="test",
+        secret_access_key="test",
+    )
+
+
 @pytest.fixture(params=["local", "s3"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Storage]:
-    s: Storage
-    if request.param == "local":
-        s = LocalStorage(tmp_path / "files", max_bytes=1_000_000)
-    else:
-        endpoint = request.getfixturevalue("s3_server")
-        bucket = f"bucket-{next(_bucket_n)}"
-        make_bucket(endpoint, bucket)
-        s = S3Storage(
-            f"s3://{bucket}/some/prefix",
-            1_000_000,
-            endpoint_url=endpoint,
-            region="us-east-1",
-            access_key_id="test",
-            secret_access_key="test",
-        )
+    s = storage_for(request, tmp_path, "some/prefix", 1_000_000)
     await s.start()
     yield s
     await s.close()

@@ -13,30 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from hybridgate.storage import LocalStorage, S3Storage, Storage
+from hybridgate.storage import Storage
 from hybridgate.training._checkpoints import META, CheckpointError, CheckpointFiles, CheckpointStore
-from test_storage import make_bucket
-
-_n = iter(range(1000))
+from test_storage import storage_for
 
 
 @pytest.fixture(params=["local", "s3"])
 async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Storage]:
-    s: Storage
-    if request.param == "local":
-        s = LocalStorage(tmp_path / "files", max_bytes=10_000_000)
-    else:
-        endpoint = request.getfixturevalue("s3_server")
-        bucket = f"ckpt-{next(_n)}"
-        make_bucket(endpoint, bucket)
-        s = S3Storage(
-            f"s3://{bucket}/gw",
-            10_000_000,
-            endpoint_url=endpoint,
-            region="us-east-1",
-            access_key_id="test",
-            secret_access_key="test",
-        )
+    s = storage_for(request, tmp_path, "gw", 10_000_000)
     await s.start()
     yield s
     await s.close()
