@@ -15,6 +15,10 @@ API/direct (step: direct time / API time; sampling: API tokens/s / direct tokens
 
     python benchmarks/training.py                         # tiny and gemma
     python benchmarks/training.py --models tiny --steps 10
+    python benchmarks/training.py --models tiny --baseline-src ../other-checkout   # before/after
+
+With `--baseline-src DIR`, a third side runs a gateway from another checkout's `src` (same config, same
+SDK, same alternation), so a change's before and after come from one run.
 """
 
 from __future__ import annotations
@@ -73,7 +77,9 @@ class Direct:
 class ViaAPI:
     """A `hybridgate serve` process on loopback, driven by the official tinker SDK."""
 
-    def __init__(self, name: str, path: str, args: argparse.Namespace, work: Path, cache: str) -> None:
+    def __init__(
+        self, name: str, path: str, args: argparse.Namespace, work: Path, cache: str, src: str | None = None
+    ) -> None:
         import subprocess
 
         import tinker
@@ -98,8 +104,11 @@ class ViaAPI:
         write_config(cfg, work)
         cmd = [sys.executable, "-m", "hybridgate", "keys", "create", "--name", "bench", "--tinker"]
         cmd += ["--config", str(work / "hybridgate.yaml"), "--output", "json"]
-        key = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)["key"]
-        self.gw = start_gateway(work / "hybridgate.yaml", workdir=work, timeout=120)
+        env = None
+        if src is not None:
+            env = {**os.environ, "PYTHONPATH": str(Path(src).resolve() / "src")}
+        key = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout)["key"]
+        self.gw = start_gateway(work / "hybridgate.yaml", workdir=work, timeout=120, env=env)
         self.sc = tinker.ServiceClient(base_url=self.gw.url + "/tinker", api_key=key)
         self.tc = self.sc.create_lora_training_client(
             base_model=name, rank=args.rank, seed=0, train_unembed=False
@@ -134,14 +143,17 @@ def measure(sides: dict[str, Any], args: argparse.Namespace) -> dict[str, dict[s
     """Steps and samples, alternating between the sides so the machine's background load hits both."""
     steps: dict[str, list[float]] = {k: [] for k in sides}
     tps: dict[str, list[float]] = {k: [] for k in sides}
+    names = list(sides)
     for i in range(args.warmup + args.steps):
-        for k, side in sides.items():
+        for k in names[i % len(names) :] + names[: i % len(names)]:  # rotated: none always follows another
+            side = sides[k]
             t0 = time.perf_counter()
             side.step()
             if i >= args.warmup:
                 steps[k].append(time.perf_counter() - t0)
     for i in range(args.warmup + args.samples):
-        for k, side in sides.items():
+        for k in names[i % len(names) :] + names[: i % len(names)]:
+            side = sides[k]
             t0 = time.perf_counter()
             n = side.sample()
             if i >= args.warmup:
@@ -163,6 +175,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "hybridgate" / "training-base"))
     ap.add_argument("--json", help="also write the results to this file")
+    ap.add_argument("--baseline-src", help="another checkout: its gateway runs as a third side, 'baseline'")
     args = ap.parse_args()
 
     from hybridgate.training.tiny import make_tiny_model
@@ -183,11 +196,18 @@ def main() -> None:
             work = root / f"{name}-gw"
             work.mkdir()
             direct = Direct(name, path, args, root / f"{name}-direct", args.cache_dir)
-            api = ViaAPI(name, path, args, work, args.cache_dir)
+            sides: dict[str, Any] = {"direct": direct, "api": ViaAPI(name, path, args, work, args.cache_dir)}
+            if args.baseline_src:
+                (root / f"{name}-base").mkdir()
+                sides["baseline"] = ViaAPI(
+                    name, path, args, root / f"{name}-base", args.cache_dir, args.baseline_src
+                )
             try:
-                m = measure({"direct": direct, "api": api}, args)
+                m = measure(sides, args)
             finally:
-                api.close()
+                for k in ("api", "baseline"):
+                    if k in sides:
+                        sides[k].close()
             d, a = m["direct"], m["api"]
             d["tokens"] = sum(len(x["tokens"]) for x in direct.data)
             del direct
@@ -200,6 +220,14 @@ def main() -> None:
                 "api_sample_tps": round(a["sample_tps"], 1),
                 "sample_ratio": round(a["sample_tps"] / d["sample_tps"], 3),
             }
+            if "baseline" in m:
+                b = m["baseline"]
+                results[name] |= {
+                    "baseline_step_s": round(b["step_s"], 4),
+                    "baseline_step_ratio": round(d["step_s"] / b["step_s"], 3),
+                    "baseline_sample_tps": round(b["sample_tps"], 1),
+                    "baseline_sample_ratio": round(b["sample_tps"] / d["sample_tps"], 3),
+                }
     print(
         f"{'model':8} {'tokens':>6} {'step direct':>12} {'step API':>9} {'ratio':>6} {'tok/s direct':>13} {'tok/s API':>10} {'ratio':>6}"
     )
@@ -208,6 +236,11 @@ def main() -> None:
             f"{name:8} {r['batch_tokens']:6d} {r['direct_step_s']:11.3f}s {r['api_step_s']:8.3f}s {r['step_ratio']:6.2f} "
             f"{r['direct_sample_tps']:13.1f} {r['api_sample_tps']:10.1f} {r['sample_ratio']:6.2f}"
         )
+        if "baseline_step_s" in r:
+            print(
+                f"{'baseline':8} {'':6} {'':12} {r['baseline_step_s']:8.3f}s {r['baseline_step_ratio']:6.2f} "
+                f"{'':13} {r['baseline_sample_tps']:10.1f} {r['baseline_sample_ratio']:6.2f}"
+            )
     if args.json:
         Path(args.json).write_text(json.dumps({"threads": args.threads, "results": results}, indent=2))
 

@@ -1,7 +1,8 @@
 """Worker processes: one per base model, running its `Engine` commands one at a time, in order sent.
 
-The gateway side (`Worker`) never blocks its event loop: commands are pickled and written by a sender
-thread, answers are read by a reader thread and handed to asyncio futures. If the gateway dies (even by
+The gateway side (`Worker`) never blocks its event loop: a command is written by the loop itself only when it
+is small and the socket to the worker has room for it (so the write cannot wait), else by a sender thread;
+answers are read by a reader thread and handed to asyncio futures. If the gateway dies (even by
 kill -9) the worker notices its parent is gone and exits; if the worker dies, every command waiting on it
 fails with a server error naming the exit code.
 """
@@ -9,19 +10,29 @@ fails with a server error naming the exit code.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import itertools
 import logging
 import multiprocessing
 import os
 import queue
+import socket
+import struct
+import termios
 import threading
 import time
 import traceback
 from collections.abc import AsyncIterator
 from multiprocessing.connection import Connection
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 log = logging.getLogger("hybridgate.training")
+
+# Commands up to this size are written by the event loop's thread when nothing is queued before them and
+# the socket has room: handing one to the sender thread costs a GIL hand-over, measured at 0.5-1 ms between
+# a request and the worker starting (benchmarks/README.md, training API).
+_DIRECT_MAX = 16 * 1024
 
 
 class WorkerError(Exception):
@@ -110,7 +121,12 @@ class Worker:
         self.info: dict[str, Any] = {}
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
-        self._out: queue.Queue[Any] = queue.Queue()
+        self._out: queue.Queue[bytes | None] = queue.Queue()
+        # Commands handed to the sender thread (written by the loop's thread) and sent by it (written by the
+        # sender only): equal when nothing is queued or being written, so a direct write keeps the order.
+        self._queued = 0
+        self._sent = 0
+        self._sndbuf = 0  # the socket's send buffer; 0: never write directly (unknown)
         self._proc: Any = None
         self._conn: Connection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -140,6 +156,12 @@ class Worker:
         self._proc.start()
         theirs.close()
         self._conn = ours
+        try:
+            with socket.socket(fileno=os.dup(ours.fileno())) as sock:
+                self._sndbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+            self._unsent()
+        except OSError:  # not a socket, or no TIOCOUTQ here: the sender thread writes everything
+            self._sndbuf = 0
         threading.Thread(target=self._read, name=f"train-read-{self.model}", daemon=True).start()
         threading.Thread(target=self._write, name=f"train-write-{self.model}", daemon=True).start()
         async with asyncio.timeout(timeout_s):
@@ -158,7 +180,7 @@ class Worker:
             return fut
         rid = next(self._ids)
         self._pending[rid] = _Pending(fut, None)
-        self._out.put((rid, op, args))
+        self._send((rid, op, args))
         return fut
 
     async def call(self, op: str, **args: Any) -> Any:
@@ -172,7 +194,7 @@ class Worker:
         parts: asyncio.Queue[Any] = asyncio.Queue()
         rid = next(self._ids)
         self._pending[rid] = _Pending(fut, parts)
-        self._out.put((rid, op, args))
+        self._send((rid, op, args))
         while True:
             getter = asyncio.ensure_future(parts.get())
             done, _ = await asyncio.wait({getter, fut}, return_when=asyncio.FIRST_COMPLETED)
@@ -185,15 +207,46 @@ class Worker:
             fut.result()  # raises the worker's error, if any
             return
 
+    def _unsent(self) -> int:
+        """Bytes written to the worker's socket that it has not read yet (as the kernel accounts them)."""
+        assert self._conn is not None
+        out = fcntl.ioctl(self._conn.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+        return int(struct.unpack("i", out)[0])
+
+    def _send(self, item: tuple[Any, ...]) -> None:
+        """Pickle a command and write it now if that cannot block, else queue it for the sender thread.
+
+        A direct write happens only when every earlier command has been written (so order holds) and the
+        socket's unread bytes plus twice this message (the kernel counts more than the payload) leave room
+        in its send buffer: a busy worker that reads nothing must never make the event loop wait.
+        """
+        buf = bytes(ForkingPickler.dumps(item))
+        conn = self._conn
+        if (
+            conn is not None
+            and self._sndbuf
+            and len(buf) <= _DIRECT_MAX
+            and self._queued == self._sent
+            and self._unsent() + 2 * len(buf) + 4096 <= self._sndbuf
+        ):
+            try:
+                conn.send_bytes(buf)
+            except (OSError, ValueError):
+                pass  # the worker is gone: the reader thread sees it and fails what waits
+            return
+        self._queued += 1
+        self._out.put(buf)
+
     def _write(self) -> None:
         while True:
-            item = self._out.get()
-            if item is None or self._conn is None:
+            buf = self._out.get()
+            if buf is None or self._conn is None:
                 return
             try:
-                self._conn.send(item)
+                self._conn.send_bytes(buf)
             except (OSError, ValueError):
                 return
+            self._sent += 1
 
     def _read(self) -> None:
         assert self._conn is not None and self._loop is not None
@@ -254,7 +307,7 @@ class Worker:
     async def close(self, timeout_s: float = 10.0) -> None:
         if self._proc is None:
             return
-        self._out.put((0, "stop", {}))
+        self._send((0, "stop", {}))
         self._out.put(None)
         # Joined in a thread: the worker may be finishing a step before it reads "stop".
         await asyncio.to_thread(self._proc.join, timeout_s)
