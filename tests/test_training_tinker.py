@@ -209,3 +209,34 @@ def test_a_key_without_the_tml_prefix_or_another_keys_run_is_refused(gw: tuple[P
     with pytest.raises(tinker.PermissionDeniedError, match="another API key"):
         rc.get_training_run(tc.model_id).result()
     sc.close("success")
+
+
+def test_the_per_step_routes_answer_errors_as_the_rest_of_the_control_plane(gw: tuple[Proc, str, Path]) -> None:
+    """forward_backward, optim_step, asample and retrieve_future skip FastAPI's routing (api/app.py's
+    fast_routes); their refusals must still be the control plane's, in OpenAI's shape."""
+    import httpx
+
+    proc, key, _ = gw
+    base = proc.url + "/tinker/api/v1"
+    with httpx.Client(timeout=30) as c:
+        # No key: the same 401 a FastAPI-served Tinker route gives.
+        slow = c.post(base + "/create_session", json={})
+        for path in ("/forward_backward", "/optim_step", "/asample", "/retrieve_future", "/retrieve_future/"):
+            r = c.post(base + path, json={})
+            assert r.status_code == 401 == slow.status_code, path
+            assert r.json() == slow.json(), path
+            assert r.json()["error"]["type"] == "authentication_error", path
+        h = {"X-API-Key": key}
+        r = c.post(base + "/retrieve_future", content=b"{not json", headers=h)
+        assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+        r = c.post(base + "/retrieve_future", json={}, headers=h)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "request_id"
+        r = c.post(base + "/retrieve_future", json={"request_id": "nope"}, headers=h)
+        assert r.status_code == 404 and r.json()["error"]["param"] == "request_id"
+        r = c.post(base + "/forward_backward", json={"model_id": "x"}, headers=h)
+        assert r.status_code == 400 and "application/x-protobuf" in r.json()["error"]["message"]
+        r = c.post(base + "/optim_step", content=b"x" * (65 * 1024 * 1024), headers=h)
+        assert r.status_code == 413
+        # Other methods still reach the control plane: 405 naming POST.
+        r = c.get(base + "/retrieve_future", headers=h)
+        assert r.status_code == 405 and "POST" in r.headers["allow"]

@@ -43,6 +43,7 @@ from hybridgate.training import TrainingService, parse_training
 log = logging.getLogger("hybridgate.app")
 
 HotHandler = Callable[[Scope, Receive, Send, RequestContext, Principal], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class Gateway:
@@ -99,6 +100,9 @@ class Gateway:
             ("POST", "/v1/chat/completions"): routes.chat,
             ("POST", "/v1/completions"): routes.completions,
         }
+        # Control-plane routes also served as bare ASGI apps, without FastAPI's routing (filled by build():
+        # the Tinker API's per-step routes).
+        self.fast_routes: dict[tuple[str, str], ASGIApp] = {}
         self.control = control.build(self)
         self.started_at = time.time()
         self._stack: AsyncExitStack | None = None
@@ -206,7 +210,7 @@ class Gateway:
             if handler is not None:
                 await self._hot(handler, scope, receive, send)
             else:
-                await self.control(scope, receive, send)
+                await self.fast_routes.get((scope["method"], path), self.control)(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
         elif scope["type"] == "websocket":  # none served: a 404 in OpenAI's shape, not a crash

@@ -118,7 +118,7 @@ def build(gw: Gateway) -> FastAPI:
     app.include_router(
         loras.router(lambda: gw.jobs or jobs.not_enabled(), principal), responses=_deps.UNAUTHENTICATED
     )
-    app.include_router(tinker.router(gw.auth, gw.training_service))
+    app.include_router(tinker.router(gw.auth, gw.training_service, gw.fast_routes))
     app.include_router(training.router(gw, principal), responses=_deps.UNAUTHENTICATED)
     anchor = _HotAnchor(gw)
     for path in HOT:
