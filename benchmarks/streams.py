@@ -223,6 +223,7 @@ def summarise(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "new_upstream_connections": med("new_upstream_connections"),
                 "rss_kb_per_stream": med("rss_kb_per_stream"),
                 "rss_kept_fraction": med("rss_kept_fraction"),
+                "rss_mb": "/".join(str(med(f)) for f in ("rss_before_mb", "rss_load_mb", "rss_after_mb")),
                 "load_avg": med("load_avg"),
             }
         )
@@ -281,6 +282,7 @@ def print_table(rows: list[dict[str, Any]], rat: list[dict[str, Any]], meta: dic
         ("new_upstream_connections", "new upstream conns"),
         ("rss_kb_per_stream", "RSS KB/stream"),
         ("rss_kept_fraction", "RSS kept"),
+        ("rss_mb", "RSS MB before/load/after"),
         ("load_avg", "load"),
     ]
     print()

@@ -351,6 +351,21 @@ class Response:
 class _Conn(asyncio.Protocol):
     """One keep-alive connection: feeds the bytes it receives to httptools, which calls back below."""
 
+    # One per upstream connection, busy or idle in the pool: thousands at once under many streams.
+    __slots__ = (
+        "_counted",
+        "_interim",
+        "_spoiled",
+        "client",
+        "closed",
+        "idle_since",
+        "loop",
+        "origin",
+        "parser",
+        "resp",
+        "transport",
+    )
+
     def __init__(self, client: HTTPClient, origin: Origin) -> None:
         self.loop = client._loop
         self.client = client
