@@ -10,6 +10,9 @@ over: at each turn it accepts up to `ACCEPT_PER_TURN` waiting connections and ha
 an accepted socket, so new clients get the same turn as the streams already open. Several workers on one
 socket each take at most that many per turn, so an idle worker still takes its share.
 
+The loop also carries `_memory.IdleTrim`: a timer that gives freed memory back to the system when the
+process goes quiet after a load peak.
+
 TLS listeners keep uvloop's own path (uvicorn terminates TLS there); without uvloop, asyncio's loop
 already accepts in batches and is used as it is.
 """
@@ -23,6 +26,8 @@ import os
 import socket
 from collections.abc import Callable
 from typing import Any
+
+from hybridgate import _memory
 
 log = logging.getLogger("hybridgate.serve")
 
@@ -143,12 +148,17 @@ def _fair_create_server(base: type) -> type:
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
-    """The loop for `hybridgate serve` (a zero-argument factory, as uvicorn's `loop` setting takes)."""
+    """The loop for `hybridgate serve` (a zero-argument factory, as uvicorn's `loop` setting takes).
+
+    Every worker's loop also gives memory back once it goes quiet after a load (`_memory.IdleTrim`)."""
     try:
         import uvloop
     except ImportError:
-        return asyncio.new_event_loop()
-    return _loop_class(uvloop.Loop)()
+        loop = asyncio.new_event_loop()
+    else:
+        loop = _loop_class(uvloop.Loop)()
+    _memory.install(loop)
+    return loop
 
 
 _classes: dict[type, type] = {}
