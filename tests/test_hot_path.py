@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import MutableMapping
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -307,3 +309,110 @@ async def test_the_openai_backend_hands_over_each_groups_own_bytes() -> None:
         await backend.close()
         await runner.cleanup()
     assert raws == [(_event(0) + _event(1), False), (_event(2), True)]
+
+
+async def test_the_upstream_connection_is_back_in_the_pool_before_the_client_gets_the_end_of_its_stream(
+    tmp_path: Path,
+) -> None:
+    """A closed-loop client sends its next stream as soon as it reads `[DONE]`; on a busy loop that request
+    finds no idle connection (and opens one more) unless the last one was already handed back. So the
+    gateway writes the stream's last bytes only after the backend's connection is idle in the pool; over
+    rounds of streams on one connection, the upstream accepts no new one."""
+    from hybridgate.api.app import Gateway
+    from hybridgate.config import Config
+
+    accepted = 0
+    # the last token, [DONE] and the chunked terminator in one write, as a model server sends them
+    events = [_event(0), _event(1) + b"data: [DONE]\n\n"]
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+                await reader.readexactly(length)
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+                )
+                for i, e in enumerate(events):
+                    end = b"0\r\n\r\n" if i == len(events) - 1 else b""
+                    writer.write(b"%x\r\n%s\r\n%s" % (len(e), e, end))
+                    await writer.drain()
+                    await asyncio.sleep(0.005)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    cfg = Config(
+        database=f"sqlite:///{tmp_path / 'gw.db'}",
+        backends=[
+            BackendConfig(
+                name="up",
+                kind="openai",
+                base_url=f"http://127.0.0.1:{port}/v1",
+                models={"m": "m"},
+                price={"free": True},
+            )
+        ],
+    )
+    gw = Gateway(cfg)
+    await gw.startup()
+    try:
+        backend = gw.manager.backends[0]
+        assert isinstance(backend, OpenAIBackend)
+        idle_at_end: list[int] = []
+        accepted_after: list[int] = []  # after each stream
+        body = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True})
+        got: list[bytes] = []
+        sent = False
+
+        async def receive() -> MutableMapping[str, Any]:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await asyncio.Event().wait()  # the client stays connected
+            raise AssertionError("unreachable")
+
+        async def send(msg: MutableMapping[str, Any]) -> None:
+            if msg["type"] == "http.response.body":
+                data = msg.get("body", b"")
+                got.append(data)
+                if b"[DONE]" in data:  # every connection open is idle: the stream's is back
+                    c, o = backend.client, backend._origin
+                    idle_at_end.append(c.open_connections(o) - c.idle_connections(o))
+
+        for _ in range(5):
+            got.clear()
+            sent = False
+            scope: dict[str, Any] = {
+                "type": "http",
+                "method": "POST",
+                "path": "/v1/chat/completions",
+                "raw_path": b"/v1/chat/completions",
+                "query_string": b"",
+                "headers": [(b"content-type", b"application/json")],
+                "client": ("127.0.0.1", 1),
+                "server": ("127.0.0.1", 8080),
+                "scheme": "http",
+                "http_version": "1.1",
+                "root_path": "",
+            }
+            await gw(scope, receive, send)
+            text = b"".join(got)
+            assert b'"w0"' in text and b'"w1"' in text and text.endswith(b"data: [DONE]\n\n")
+            accepted_after.append(accepted)
+        assert idle_at_end == [0] * 5  # connections busy when the client got [DONE]
+        # the startup's health and model checks may have opened one more; the streams open none after the first
+        assert accepted_after == [accepted_after[0]] * 5
+    finally:
+        await gw.shutdown()
+        server.close()
+        await server.wait_closed()
