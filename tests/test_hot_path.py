@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import MutableMapping
+import sys
+from collections.abc import AsyncIterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +12,10 @@ import orjson
 import pytest
 from aiohttp import web
 
-from hybridgate.backends import BackendRequest, BackendStreamError
+from hybridgate.backends import Backend, BackendRequest, BackendResponse, BackendStreamError
 from hybridgate.backends.openai_http import OpenAIBackend
 from hybridgate.config import BackendConfig
+from hybridgate.protocol import Operation, chunk_body
 
 
 def _event(i: int) -> bytes:
@@ -416,3 +418,59 @@ async def test_the_upstream_connection_is_back_in_the_pool_before_the_client_get
         await gw.shutdown()
         server.close()
         await server.wait_closed()
+
+
+class _Caller(Backend):
+    """Streams four groups and notes, each time it is resumed for the next one, which frame resumed it."""
+
+    def __init__(self) -> None:
+        super().__init__(BackendConfig(name="caller", kind="mock", models={"m": "m"}))
+        self.resumed_by: list[str] = []
+
+    async def complete(self, req: BackendRequest) -> BackendResponse:
+        raise NotImplementedError
+
+    async def stream(self, req: BackendRequest) -> AsyncIterator[dict[str, Any]]:
+        raise NotImplementedError
+        yield {}
+
+    async def stream_batches(self, req: BackendRequest) -> AsyncIterator[list[dict[str, Any]]]:
+        usage = {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}
+        groups = [
+            *([chunk_body(Operation.CHAT, "id", "m", 0, text=f"w{i}")] for i in range(3)),
+            [{"id": "id", "object": "chat.completion.chunk", "model": "m", "choices": [], "usage": usage}],
+        ]
+        for group in groups:
+            yield group
+            frame = sys._getframe(1)  # the frame that asked for the next group
+            self.resumed_by.append(frame.f_code.co_name)
+
+    async def check_health(self) -> None:
+        return None
+
+
+async def test_the_stream_loop_reads_the_backend_with_no_generator_between() -> None:
+    """Every await level between the request's task and the socket is resumed and suspended on each token;
+    the API's loop reads the backend's iterator itself (the router observes each group in that loop)."""
+    from hybridgate.api.hot import _stream
+    from hybridgate.router import BackendManager, Call
+    from hybridgate.serving import RequestContext
+
+    backend = _Caller()
+    mgr = BackendManager([backend])
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    stream = await mgr.open_stream(Call(endpoint=Operation.CHAT, body=body, model="m"))
+    sent: list[bytes] = []
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message.get("body", b""))
+
+    async def receive() -> MutableMapping[str, Any]:
+        await asyncio.Event().wait()
+        return {}
+
+    await _stream(stream, True, receive, send, RequestContext(request_id="r", path="/v1/chat/completions"))
+    assert backend.resumed_by == ["_stream"] * 4  # before: ["batches"] * 4 (Stream.batches in between)
+    assert stream.attempt.usage.completion_tokens == 3 and not stream.attempt.usage.estimated
+    out = b"".join(sent)
+    assert out.count(b'"content":"w') == 3 and b'"usage":{' in out and out.endswith(b"data: [DONE]\n\n")

@@ -171,8 +171,12 @@ async def _stream(
     shape = InferenceService.shape
     model_json = _json_string(model)
     try:
-        # One write per group the backend received: a syscall per event would cost more than the rest.
-        async for batch in stream.batches():
+        # One write per group the backend received: a syscall per event would cost more than the rest. The
+        # backend's iterator is read here, not through a generator of the router's (Stream.take): every
+        # await level between the task and the socket is resumed and suspended again on every token.
+        batch, rest = stream.take()
+        observe = stream.observe
+        while True:
             body = None
             if isinstance(batch, Batch):
                 if batch.raw is not None:
@@ -187,6 +191,11 @@ async def _stream(
             elif body:
                 await send({"type": "http.response.body", "body": body, "more_body": True})
             batch = body = None  # type: ignore[assignment]  # not held while the next token is awaited
+            try:
+                batch = await rest.__anext__()
+            except StopAsyncIteration:
+                break
+            observe(batch)
     except Exception as e:
         # A backend failure (or, never expected, a bug of ours) after the first byte: end in shape.
         error = e

@@ -703,6 +703,21 @@ class Stream:
             if isinstance(t, str):
                 self._chars += len(t)
 
+    def observe(self, batch: list[dict[str, Any]]) -> None:
+        """Read one group's usage and text, for the attempt's accounting (see `take`)."""
+        for chunk in batch:
+            self._observe(chunk)
+
+    def take(self) -> tuple[list[dict[str, Any]], AsyncIterator[list[dict[str, Any]]]]:
+        """The first group (observed) and the backend's own iterator of the rest, once.
+
+        The caller reads the rest itself and passes each group to `observe` before using it: one async
+        generator fewer per event than `batches()`, which the API's stream loop saves on every token.
+        """
+        batch, self._first = self._first, []
+        self.observe(batch)
+        return batch, self._it
+
     async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
         async for batch in self.batches():
             for chunk in batch:
@@ -712,15 +727,12 @@ class Stream:
         """The chunks in the groups the backend received them in (the API writes a group at once)."""
         # Nothing is held past its write: a stream idles between tokens far longer than it takes to write
         # one, so a group kept until the next read would be most of a long stream's resident memory.
-        batch, self._first = self._first, []
-        for chunk in batch:
-            self._observe(chunk)
+        batch, it = self.take()
         yield batch
-        async for batch in self._it:
-            for chunk in batch:
-                self._observe(chunk)
+        async for batch in it:
+            self.observe(batch)
             yield batch
-            batch = chunk = None  # type: ignore[assignment]
+            batch = None  # type: ignore[assignment]
 
     async def settle(self, error: BaseException | None = None, *, client_gone: bool = False) -> None:
         """Record the attempt's outcome; safe to call more than once."""
