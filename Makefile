@@ -2,7 +2,13 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-# The local model extra compiles llama-cpp-python (about 5 minutes on 2 cores, once; pip caches the wheel).
+# The local model extra compiles llama-cpp-python (about 5 minutes on 2 cores, once per environment).
+# On x86-64 it is built for AVX2, not for the build machine's own CPU: llama.cpp's native build (AVX-512
+# here) segfaulted on the first decode of the packaged Gemma 3 270M on this project's machines (0.3.36,
+# 2026-12-02). Set LLAMA_CMAKE_ARGS= to build natively, or to your own flags (CUDA, Metal...). It is built
+# without pip's cache: a wheel built earlier with other flags would be reused otherwise.
+LLAMA_CMAKE_ARGS ?= $(if $(filter x86_64,$(shell uname -m)),-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON)
+LLAMA ?= llama-cpp-python>=0.3.0
 # The training extra needs torch: TORCH is installed first, pinned, because any looser requirement pulls
 # a multi-GB CUDA build here (on a CUDA machine: install your torch first and run with TORCH=).
 EXTRAS ?= local,training
@@ -19,13 +25,21 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# llama-cpp-python first (when the local extra is wanted), built with LLAMA_CMAKE_ARGS; then the rest.
+define install_llama
+$(if $(filter local,$(subst $(comma), ,$(EXTRAS))),CMAKE_ARGS='$(LLAMA_CMAKE_ARGS)' $(BIN)/python -m pip install --quiet --no-cache-dir '$(LLAMA)')
+endef
+comma := ,
+
 $(VENV)/.installed-$(EXTRAS): pyproject.toml | $(BIN)/python
 	$(if $(TORCH),$(BIN)/python -m pip install --quiet '$(TORCH)')
+	$(install_llama)
 	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
 	touch $@
 
 $(VENV)/.installed-dev-$(EXTRAS): pyproject.toml | $(BIN)/python
 	$(if $(TORCH),$(BIN)/python -m pip install --quiet '$(TORCH)')
+	$(install_llama)
 	$(BIN)/python -m pip install --quiet -e '.[dev,$(EXTRAS)]'
 	touch $@
 
