@@ -107,7 +107,9 @@ class ViaAPI:
         env = None
         if src is not None:
             env = {**os.environ, "PYTHONPATH": str(Path(src).resolve() / "src")}
-        key = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout)["key"]
+        key = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout)[
+            "key"
+        ]
         self.gw = start_gateway(work / "hybridgate.yaml", workdir=work, timeout=120, env=env)
         self.sc = tinker.ServiceClient(base_url=self.gw.url + "/tinker", api_key=key)
         self.tc = self.sc.create_lora_training_client(

@@ -211,7 +211,9 @@ def test_a_key_without_the_tml_prefix_or_another_keys_run_is_refused(gw: tuple[P
     sc.close("success")
 
 
-def test_the_per_step_routes_answer_errors_as_the_rest_of_the_control_plane(gw: tuple[Proc, str, Path]) -> None:
+def test_the_per_step_routes_answer_errors_as_the_rest_of_the_control_plane(
+    gw: tuple[Proc, str, Path],
+) -> None:
     """forward_backward, optim_step, asample and retrieve_future skip FastAPI's routing (api/app.py's
     fast_routes); their refusals must still be the control plane's, in OpenAI's shape."""
     import httpx

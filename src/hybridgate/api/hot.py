@@ -101,10 +101,11 @@ class InferenceRoutes:
         ctx: RequestContext,
         principal: Principal,
     ) -> None:
-        raw = await self._read_body(scope, receive)
+        # The body's bytes are not kept in this frame: it lives as long as the stream, and a long prompt
+        # held as bytes too would double what a stream holds (the parsed body stays, for fallback).
         p = self.service.prepare(
             operation,
-            raw,
+            await self._read_body(scope, receive),
             principal,
             ctx.request_id,
             forced=header(scope, b"x-hybridgate-backend"),
