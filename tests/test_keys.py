@@ -77,11 +77,16 @@ def test_key_lifecycle_through_the_cli(cli_gw: tuple[Proc, Path]) -> None:
     assert re.fullmatch(r"hg-[A-Za-z0-9_-]{43}", secret), secret  # 32 random bytes, base64url
 
     # Created by another process: the running gateway takes it within the key cache's TTL, no restart.
+    # Until it has, the gateway is still open and any key works, so what is waited for is the refusal of
+    # a made-up key (the reload happened), then the new key must work.
     t0 = time.monotonic()
     wait_until(
-        lambda: status_of(gw, secret)[0] == 200, timeout=KeyCache.ttl_s + 5, what="the new key to work"
+        lambda: status_of(gw, "hg-" + "B" * 43)[0] == 401,
+        timeout=KeyCache.ttl_s + 5,
+        what="the gateway to load the new key and require one",
     )
     assert time.monotonic() - t0 <= KeyCache.ttl_s + 2.0
+    assert status_of(gw, secret) == (200, "")
 
     listed = cli("keys", "list", "--config", str(cfg), "--output", "json")
     assert listed.code == 0
