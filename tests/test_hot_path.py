@@ -144,6 +144,17 @@ def test_serve_with_two_workers_answers_and_every_worker_logs(tmp_path: Path) ->
         assert gw.stop() in (0, -15)
 
 
+async def _read_request(reader: asyncio.StreamReader) -> bytes:
+    """One request off a loopback upstream's connection: its body (the head read past, by Content-Length)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    return await reader.readexactly(length)
+
+
 async def test_the_openai_backend_reuses_one_upstream_connection_for_answers_and_streams() -> None:
     """A connection per call would cost a TCP handshake each time; servers that write a stream's chunked
     terminator after [DONE], in a later write, must not cost one either."""
@@ -155,13 +166,7 @@ async def test_the_openai_backend_reuses_one_upstream_connection_for_answers_and
         accepted += 1
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next(
-                    int(line.split(b":", 1)[1])
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"content-length:")
-                )
-                body = orjson.loads(await reader.readexactly(length))
+                body = orjson.loads(await _read_request(reader))
                 if not body.get("stream"):
                     writer.write(
                         b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
@@ -332,13 +337,7 @@ async def test_the_upstream_connection_is_back_in_the_pool_before_the_client_get
         accepted += 1
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next(
-                    int(line.split(b":", 1)[1])
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"content-length:")
-                )
-                await reader.readexactly(length)
+                await _read_request(reader)
                 writer.write(
                     b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
                 )

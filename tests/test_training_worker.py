@@ -18,12 +18,8 @@ from hybridgate.training._worker import _DIRECT_MAX, Worker
 def _worker_on(conn: Any, loop: asyncio.AbstractEventLoop) -> Worker:
     """A Worker wired to one end of a pipe, with its sender thread, and no process behind it."""
     w = Worker("m", "/nowhere", "cpu", "/nowhere")
-    w._conn = conn
     w._loop = loop
-    import socket
-
-    with socket.socket(fileno=__import__("os").dup(conn.fileno())) as s:
-        w._sndbuf = s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    w._attach(conn)
     threading.Thread(target=w._write, daemon=True).start()
     return w
 

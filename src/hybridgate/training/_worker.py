@@ -155,13 +155,7 @@ class Worker:
         )
         self._proc.start()
         theirs.close()
-        self._conn = ours
-        try:
-            with socket.socket(fileno=os.dup(ours.fileno())) as sock:
-                self._sndbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
-            self._unsent()
-        except OSError:  # not a socket, or no TIOCOUTQ here: the sender thread writes everything
-            self._sndbuf = 0
+        self._attach(ours)
         threading.Thread(target=self._read, name=f"train-read-{self.model}", daemon=True).start()
         threading.Thread(target=self._write, name=f"train-write-{self.model}", daemon=True).start()
         async with asyncio.timeout(timeout_s):
@@ -206,6 +200,16 @@ class Worker:
                 yield parts.get_nowait()
             fut.result()  # raises the worker's error, if any
             return
+
+    def _attach(self, conn: Connection) -> None:
+        """Talk to the worker over `conn`; direct writes only where its send buffer and queue can be read."""
+        self._conn = conn
+        try:
+            with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+                self._sndbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+            self._unsent()
+        except OSError:  # not a socket, or no TIOCOUTQ here: the sender thread writes everything
+            self._sndbuf = 0
 
     def _unsent(self) -> int:
         """Bytes written to the worker's socket that it has not read yet (as the kernel accounts them)."""

@@ -25,6 +25,13 @@ def gateway_error_response(e: GatewayError) -> Response:
     return error_response(e.status, e.body(), e.headers or None)
 
 
+def bug_response(method: str, path: str, e: Exception) -> Response:
+    """A bug of ours, logged with its traceback; the client gets a 500 naming only the exception's type."""
+    log.exception("unhandled error on %s %s", method, path, exc_info=e)
+    body = error_body(f"Internal gateway error: {type(e).__name__}", "server_error", None, None)
+    return error_response(500, body)
+
+
 def _param(loc: tuple[Any, ...]) -> str:
     """`("query", "group_by")` -> "group_by"; `("body", "models", 0)` -> "models[0]"."""
     out = ""
@@ -107,9 +114,7 @@ def install(app: FastAPI, known_paths: str) -> None:
         return error_response(e.status_code, body, headers)
 
     async def on_bug(request: Request, e: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=e)
-        body = error_body(f"Internal gateway error: {type(e).__name__}", "server_error", None, None)
-        return error_response(500, body)
+        return bug_response(request.method, request.url.path, e)
 
     app.add_exception_handler(GatewayError, on_gateway_error)
     app.add_exception_handler(RequestValidationError, on_validation)
@@ -117,4 +122,4 @@ def install(app: FastAPI, known_paths: str) -> None:
     app.add_exception_handler(Exception, on_bug)
 
 
-__all__ = ["document", "error_response", "gateway_error_response", "install"]
+__all__ = ["bug_response", "document", "error_response", "gateway_error_response", "install"]

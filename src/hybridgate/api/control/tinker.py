@@ -14,7 +14,6 @@ step waits on four of them (benchmarks/README.md, training API).
 
 from __future__ import annotations
 
-import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -25,7 +24,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from hybridgate._asgi import Receive, Scope, Send
-from hybridgate.api.control._errors import error_response, gateway_error_response
+from hybridgate.api.control._errors import bug_response, gateway_error_response
 from hybridgate.auth import Authenticator, Principal
 from hybridgate.protocol import (
     BadRequestError,
@@ -33,7 +32,6 @@ from hybridgate.protocol import (
     NotFoundError,
     PayloadTooLargeError,
     UpstreamUnavailableError,
-    error_body,
 )
 from hybridgate.training._service import (
     JSON,
@@ -46,8 +44,6 @@ from hybridgate.training._service import (
 )
 
 PREFIX = "/tinker/api/v1"
-log = logging.getLogger("hybridgate.api")
-
 Endpoint = Callable[[Request, Principal], Awaitable[Response]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
@@ -122,9 +118,7 @@ def _fast(endpoint: Endpoint, principal: Callable[[Request], Awaitable[Principal
         except GatewayError as e:
             response = gateway_error_response(e)
         except Exception as e:
-            log.exception("unhandled error on %s %s", scope["method"], scope["path"], exc_info=e)
-            body = error_body(f"Internal gateway error: {type(e).__name__}", "server_error", None, None)
-            response = error_response(500, body)
+            response = bug_response(scope["method"], scope["path"], e)
         await response(scope, receive, send)
 
     return app
