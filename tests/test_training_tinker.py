@@ -242,3 +242,74 @@ def test_the_per_step_routes_answer_errors_as_the_rest_of_the_control_plane(
         # Other methods still reach the control plane: 405 naming POST.
         r = c.get(base + "/retrieve_future", headers=h)
         assert r.status_code == 405 and "POST" in r.headers["allow"]
+
+
+def test_a_resent_step_runs_once_and_another_key_cannot_take_its_sequence_number(
+    gw: tuple[Proc, str, Path],
+) -> None:
+    """The SDK resends a submit whose answer it lost (connection errors, 5xx, 408), with the same seq_id:
+    the step must run once, not twice (gradients would accumulate twice). A submit naming the same run and
+    seq_id from another key is refused on its own future and does not stand in for the owner's step.
+    Gradient norm (optim_step's grad_norm:mean) is the witness: twice the gradients, twice the norm."""
+    import httpx
+    from tinker.proto import request_conv
+
+    proc, key, work = gw
+    base = proc.url + "/tinker/api/v1"
+    sc = tinker.ServiceClient(base_url=proc.url + "/tinker", api_key=key)
+    tok = sc.create_lora_training_client(base_model="tiny", rank=2, seed=5).result().get_tokenizer()
+    batch = _batch(tok)
+
+    def norm_after_one_step(tc: Any, resend: bool, intruder: str | None) -> float:
+        req = types.ForwardBackwardRequest(
+            forward_backward_input=types.ForwardBackwardInput(data=batch, loss_fn="cross_entropy"),
+            model_id=tc.model_id,
+            seq_id=10_000,
+        )
+        body = request_conv.forward_backward_request_to_proto(req).SerializeToString()
+        proto = {"content-type": "application/x-protobuf"}
+        with httpx.Client(timeout=60) as c:
+            if intruder is not None:
+                r = c.post(base + "/forward_backward", content=body, headers={**proto, "X-API-Key": intruder})
+                assert r.status_code == 200, r.text
+                theirs = r.json()["request_id"]
+                got = c.post(
+                    base + "/retrieve_future", json={"request_id": theirs}, headers={"X-API-Key": intruder}
+                ).json()
+                assert got["category"] == "user" and "another API key" in got["error"], got
+            ids = set()
+            for _ in range(2 if resend else 1):
+                r = c.post(base + "/forward_backward", content=body, headers={**proto, "X-API-Key": key})
+                assert r.status_code == 200, r.text
+                ids.add(r.json()["request_id"])
+            assert len(ids) == 1  # the resend got the first submit's future
+            if intruder is not None:
+                assert ids != {theirs}
+            rid = ids.pop()
+            while True:  # long-polled: try_again only if the step outlasts the poll
+                r = c.post(base + "/retrieve_future", json={"request_id": rid}, headers={"X-API-Key": key})
+                if "json" not in r.headers["content-type"] or r.json().get("type") != "try_again":
+                    break
+            assert r.status_code == 200 and r.headers["content-type"] == "application/x-protobuf", r.text
+        return float(tc.optim_step(types.AdamParams(learning_rate=1e-3)).result().metrics["grad_norm:mean"])
+
+    other = make_key(work, "intruder")
+    probe = tinker.RestClient(base_url=proc.url + "/tinker", api_key=other)
+    deadline = time.monotonic() + 10
+    while True:  # the gateway reloads keys within 2 s
+        try:
+            probe.list_training_runs().result()
+            break
+        except tinker.AuthenticationError:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+
+    once = norm_after_one_step(
+        sc.create_lora_training_client(base_model="tiny", rank=2, seed=5).result(), False, None
+    )
+    resent = norm_after_one_step(
+        sc.create_lora_training_client(base_model="tiny", rank=2, seed=5).result(), True, other
+    )
+    assert once > 0
+    assert resent == pytest.approx(once, rel=1e-3), (resent, once)
+    sc.close("success")

@@ -125,6 +125,7 @@ class FutureRec:
     payload: bytes | None = None
     error: str | None = None
     category: str | None = None
+    dedupe: str | None = None  # its key in TrainingService._dedupe
 
 
 @dataclass
@@ -287,24 +288,37 @@ class TrainingService:
         return w
 
     # --- futures --------------------------------------------------------------------------------
+    def seen(self, p: Principal, dedupe: str | None) -> FutureRec | None:
+        """The future of a submit this key made before under `dedupe` (the SDK resends a submit whose
+        answer it lost), while it is still kept; checked before a step is queued, so it runs once."""
+        if dedupe is None:
+            return None
+        rid = self._dedupe.get(f"{p.key_id}:{dedupe}")
+        return None if rid is None else self.futures.get(rid)
+
     async def new_future(
         self, p: Principal, type_: str, run_id: str | None, dedupe: str | None
     ) -> tuple[FutureRec, bool]:
-        """A future for a submit; (existing one, False) when the same submit was seen before (a retry)."""
-        if dedupe is not None:
-            rid = self._dedupe.get(dedupe)
-            if rid is not None and rid in self.futures:
-                return self.futures[rid], False
+        """A future for a submit; (existing one, False) when this key sent the same submit before (a retry).
+
+        `dedupe` names the submit within the key (run and sequence number): another key sending the same
+        name gets its own future, so it cannot stand in for the owner's step."""
+        prior = self.seen(p, dedupe)
+        if prior is not None:
+            return prior, False
         rec = FutureRec(uuid.uuid4().hex, type_, p.key_id)
         self.futures[rec.request_id] = rec
         if dedupe is not None:
-            self._dedupe[dedupe] = rec.request_id
+            rec.dedupe = f"{p.key_id}:{dedupe}"
+            self._dedupe[rec.dedupe] = rec.request_id
         while len(self.futures) > _KEEP_FUTURES:
             old_id, old = self.futures.popitem(last=False)
             if not old.done.is_set():  # still running: keep it
                 self.futures[old_id] = old
                 self.futures.move_to_end(old_id, last=False)
                 break
+            if old.dedupe is not None and self._dedupe.get(old.dedupe) == old_id:
+                del self._dedupe[old.dedupe]
         new = {
             "request_id": rec.request_id,
             "key_id": p.key_id,

@@ -146,7 +146,6 @@ def router(
         dedupe: str | None,
         work: Callable[[], Awaitable[tuple[str, bytes]]] | None,
         refusal: StepError | None = None,
-        extra: dict[str, Any] | None = None,
     ) -> Response:
         s = svc()
         rec, new = await s.new_future(p, type_, run_id, dedupe)
@@ -156,10 +155,12 @@ def router(
             else:
                 assert work is not None
                 s.run_future(rec, work())
-        body: dict[str, Any] = {"request_id": rec.request_id}
-        if run_id is not None:
-            body["model_id"] = run_id
-        return _json({**body, **(extra or {})})
+        return _submitted(rec.request_id, run_id)
+
+    def _submitted(request_id: str, run_id: str | None) -> Response:
+        return _json(
+            {"request_id": request_id} if run_id is None else {"request_id": request_id, "model_id": run_id}
+        )
 
     # --- session and background -----------------------------------------------------------------
     @r.post("/client/config")
@@ -295,6 +296,9 @@ def router(
             raise BadRequestError(str(e)) from None
         run_id = req["model_id"]
         kind = "forward" if req["forward_only"] else "forward_backward"
+        dedupe = f"{run_id}:fb:{req['seq_id']}"
+        if (prior := s.seen(p, dedupe)) is not None:  # a resent submit: its step is queued already
+            return _submitted(prior.request_id, run_id)
         refusal = None
         wait = None
         try:
@@ -324,14 +328,16 @@ def router(
                 res["logprobs"], {"loss:sum": res["loss_sum"]}
             )
 
-        return await submit(p, kind, run_id, f"{run_id}:fb:{req['seq_id']}", work, refusal)
+        return await submit(p, kind, run_id, dedupe, work, refusal)
 
     @r.post("/optim_step")
     async def optim_step(request: Request, p: Principal = Depends(principal)) -> Response:
         s = svc()
         data = await _body(request, limit())
         run_id = str(_field(data, "model_id", str))
-        seq = data.get("seq_id")
+        dedupe = f"{run_id}:opt:{data.get('seq_id')}"
+        if (prior := s.seen(p, dedupe)) is not None:
+            return _submitted(prior.request_id, run_id)
         refusal = None
         wait = None
         try:
@@ -353,7 +359,7 @@ def router(
             res = await wait()
             return JSON, orjson.dumps({"metrics": {"grad_norm:mean": res["grad_norm"]}, "type": "optim_step"})
 
-        return await submit(p, "optim_step", run_id, f"{run_id}:opt:{seq}", work, refusal)
+        return await submit(p, "optim_step", run_id, dedupe, work, refusal)
 
     async def _save(request: Request, p: Principal, sampler: bool) -> Response:
         s = svc()
@@ -483,7 +489,9 @@ def router(
         n = _field(data, "num_samples", int, 1)
         if n is None or not 1 <= n <= 64:
             raise BadRequestError("num_samples must be an integer from 1 to 64.", param="num_samples")
-        seq = data.get("seq_id")
+        dedupe = f"{sid}:sample:{data.get('seq_id')}"
+        if (prior := s.seen(p, dedupe)) is not None:
+            return _sampled(prior.request_id, n)
         prompt_lp = bool(data.get("prompt_logprobs"))
         refusal = None
         wait = None
@@ -527,15 +535,17 @@ def router(
             res = await wait()
             return PROTO, _codec().encode_sample_response(res["sequences"], res["prompt_logprobs"])
 
-        s2 = svc()
-        rec, new = await s2.new_future(p, "sample", None, f"{sid}:sample:{seq}")
+        rec, new = await s.new_future(p, "sample", None, dedupe)
         if new:
             if refusal is not None:
-                s2.fail_future(rec, refusal.message, refusal.category)
+                s.fail_future(rec, refusal.message, refusal.category)
             else:
-                s2.run_future(rec, work())
+                s.run_future(rec, work())
+        return _sampled(rec.request_id, n)
+
+    def _sampled(request_id: str, n: int) -> Response:
         return _json(
-            {"request_id": rec.request_id, "sample_sequence_ids": [f"{rec.request_id}:{i}" for i in range(n)]}
+            {"request_id": request_id, "sample_sequence_ids": [f"{request_id}:{i}" for i in range(n)]}
         )
 
     @r.post("/retrieve_future")
