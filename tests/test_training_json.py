@@ -276,3 +276,43 @@ def test_a_served_adapter_chats_through_the_openai_client(gw: dict[str, Any]) ->
             pieces.append(chunk.choices[0].delta.content)
     assert "".join(pieces) == text and time.monotonic() - t0 < 60
     assert _status(lambda: c.serve(run["id"], model="tiny-chat"))[:2] == (400, "model")
+
+
+def test_step_rows_are_written_behind_but_every_read_and_a_shutdown_sees_them(
+    tmp_path: Path,
+    tiny_model: Path,  # noqa: F811
+) -> None:
+    """A step's rows (its future, the run's steps, tokens and cost) are queued and written together up
+    to `write_delay_s` later, not committed one step at a time (benchmarks/README.md, training API). A read
+    of the run writes what waits first, and a shutdown writes it too. Counted on the SQLite file itself."""
+    import sqlite3
+
+    work = tmp_path
+    cfg = training_config(work, tiny_model, price=PRICE, write_delay_s=5)
+    write_config(cfg, work)
+    key = make_key(work, "alice", tinker=False)
+    proc = start_training_gateway(work, cfg)
+    db = work / "hybridgate.db"
+
+    def stored(run_id: str) -> tuple[int, int]:
+        with sqlite3.connect(db) as conn:
+            row = conn.execute(
+                "SELECT steps, train_tokens FROM training_runs WHERE id = ?", (run_id,)
+            ).fetchone()
+        return int(row[0]), int(row[1])
+
+    try:
+        c = Client(proc.url, key)
+        run = c.create_run("tiny", rank=2, seed=1)
+        c.forward_backward(run["id"], [{"text": "Hello, world!"}])
+        c.optim_step(run["id"], learning_rate=1e-3)
+        assert stored(run["id"])[0] == 0  # the optim_step's row is queued, not written: the delay is 5 s
+        got = c.get_run(run["id"])  # a read writes what waits first
+        assert got["steps"] == 1 and got["tokens"]["train"] > 0
+        assert stored(run["id"]) == (1, got["tokens"]["train"])
+        c.forward_backward(run["id"], [{"text": "Hello, world!"}])
+        c.optim_step(run["id"], learning_rate=1e-3)
+        assert stored(run["id"])[0] == 1
+    finally:
+        proc.stop()  # SIGTERM: uvicorn's graceful shutdown (it exits by the signal it caught)
+    assert stored(run["id"]) == (2, 2 * got["tokens"]["train"])  # written at shutdown

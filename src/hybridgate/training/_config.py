@@ -41,6 +41,10 @@ class TrainingConfig(_Strict):
     max_batch_tokens: int = Field(262_144, ge=1)
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1)
     max_sample_tokens: int = Field(4096, ge=1)
+    # A step's rows (its future, the run's counters, loss history) are written this long after it, in one
+    # transaction with whatever else is waiting: a database commit per step costs the event loop more CPU
+    # than a tiny model's step leaves it. Reads of training tables write what waits first.
+    write_delay_s: float = Field(0.2, ge=0, le=5)
     # retrieve_future holds a pending poll this long before answering try_again (the SDK waits 45 s)
     long_poll_s: float = Field(20.0, gt=0, le=40)
     # With a per-second price, a step reserves this many seconds against the budget before it runs.

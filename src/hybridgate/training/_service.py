@@ -16,7 +16,8 @@ import contextvars
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,8 @@ from hybridgate.training._tables import (
 from hybridgate.training._worker import Worker, WorkerError
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
+
     from hybridgate.auth import Principal
     from hybridgate.ledger import Ledger
     from hybridgate.storage import Storage
@@ -56,8 +59,7 @@ PROTO = "application/x-protobuf"
 _KEEP_FUTURES = 5000
 
 # Within a future's task (`TrainingService.run_future`): the statements its step's bookkeeping produced
-# (cost and token counters, steps, loss history), written in the same transaction as the future's result,
-# so a step costs one commit, not four, between the worker's answer and the client's.
+# (cost and token counters, steps, loss history), queued with the future's result (`_write_soon`).
 _step_writes: contextvars.ContextVar[list[tuple[Executable, dict[str, Any]]] | None] = contextvars.ContextVar(
     "hybridgate_training_step_writes", default=None
 )
@@ -102,6 +104,25 @@ _SETTLE_RUN: dict[tuple[str, ...], Update] = {
     .values(**_RUN_COUNTERS, **{c: bindparam(c) for c in extra})
     for extra in ((), ("steps",), ("loss_history",))
 }
+
+
+def _batched(
+    writes: list[tuple[Executable, dict[str, Any]]],
+) -> list[tuple[Executable, list[dict[str, Any]]]]:
+    """Queued rows as one executemany per statement, statements in the order they first appear: each
+    statement costs a round trip through the database driver's thread, which cost more than SQLite's work.
+
+    Reordering across statements is safe for what is queued (`_write_soon`): a future's row is inserted
+    before it is finished, and every later statement of a kind follows every earlier one of it; the runs'
+    counters are added, and `steps` and `loss_history` are each set by one statement only."""
+    groups: dict[int, tuple[Executable, list[dict[str, Any]]]] = {}
+    for stmt, params in writes:
+        g = groups.get(id(stmt))
+        if g is None:
+            groups[id(stmt)] = (stmt, [params])
+        else:
+            g[1].append(params)
+    return list(groups.values())
 
 
 class StepError(Exception):
@@ -195,9 +216,12 @@ class TrainingService:
         self.futures: collections.OrderedDict[str, FutureRec] = collections.OrderedDict()
         self._dedupe: dict[str, str] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        # Steps' writes take turns here rather than in SQLite's busy handler, which sleeps a millisecond
-        # or more when two transactions want the write lock at once (a forward_backward's and the
-        # optim_step's that finished right after it).
+        # Steps' rows wait here (in order) to be written together, at most `write_delay_s` later
+        # (`_write_soon`); every other write of training tables goes after them (`_tx`).
+        self._unwritten: list[tuple[Executable, dict[str, Any]]] = []
+        self._flush_timer: asyncio.TimerHandle | None = None
+        # Writes take turns here rather than in SQLite's busy handler, which sleeps a millisecond or more
+        # when two transactions want the write lock at once.
         self._write_turn = asyncio.Lock()
         self.served: dict[str, str] = {}  # public model name -> run id, for the data plane
 
@@ -225,6 +249,13 @@ class TrainingService:
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        try:
+            await self.flush()
+        except Exception:
+            log.exception("training: %d rows could not be written at shutdown", len(self._unwritten))
         for t in self._starting.values():
             t.cancel()
         await asyncio.gather(*self._starting.values(), return_exceptions=True)
@@ -327,7 +358,7 @@ class TrainingService:
             "type": type_,
             "created_at": time.time(),
         }
-        await self._commit([(_NEW_FUTURE, new)])
+        self._write_soon([(_NEW_FUTURE, new)])
         return rec, True
 
     def run_future(self, rec: FutureRec, work: Awaitable[tuple[str, bytes]]) -> None:
@@ -362,10 +393,7 @@ class TrainingService:
                     },
                 )
             )
-            try:
-                await self._commit(writes)
-            except Exception:
-                log.exception("cannot record training future %s", rec.request_id)
+            self._write_soon(writes)
             rec.done.set()
 
         t = asyncio.ensure_future(go())
@@ -391,6 +419,7 @@ class TrainingService:
                 except TimeoutError:
                     pass
             return rec
+        await self.flush()
         async with self.store.engine.connect() as conn:
             row = (
                 await conn.execute(
@@ -439,17 +468,66 @@ class TrainingService:
         return rid
 
     async def _write_step(self, stmt: Executable, params: dict[str, Any]) -> None:
-        """A step's bookkeeping statement: joins its future's transaction inside `run_future`, else its own."""
+        """A step's bookkeeping statement: joins its future's rows inside `run_future`, else queued alone."""
         writes = _step_writes.get()
         if writes is not None:
             writes.append((stmt, params))
             return
-        await self._commit([(stmt, params)])
+        self._write_soon([(stmt, params)])
 
-    async def _commit(self, writes: list[tuple[Executable, dict[str, Any]]]) -> None:
-        async with self._write_turn, self.store.engine.begin() as conn:
-            for stmt, params in writes:
-                await conn.execute(stmt, params)
+    # --- writing --------------------------------------------------------------------------------
+    def _write_soon(self, writes: list[tuple[Executable, dict[str, Any]]]) -> None:
+        """Queue statements to be written within `write_delay_s`, in one transaction with what else waits.
+
+        A step's answer does not wait for its rows: the client has the result from memory, and a tiny
+        model's step (tens of ms) cannot afford a commit of its own on the event loop (benchmarks/README.md,
+        training API). If the gateway dies in between, the rows of that moment are lost, as the step's
+        in-memory state is: on restart the run is "interrupted" and continues from its last saved
+        checkpoint, whose rows were written before `save` answered (`_tx`)."""
+        self._unwritten.extend(writes)
+        if self._flush_timer is None:
+            loop = asyncio.get_running_loop()
+            self._flush_timer = loop.call_later(self.config.write_delay_s, self._flush_in_background)
+
+    def _flush_in_background(self) -> None:
+        self._flush_timer = None
+        t = asyncio.ensure_future(self._background_flush())
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
+    async def _background_flush(self) -> None:
+        try:
+            await self.flush()
+        except Exception:
+            log.exception("training: writing %d rows failed; trying again in 1 s", len(self._unwritten))
+            if self._flush_timer is None:
+                self._flush_timer = asyncio.get_running_loop().call_later(1.0, self._flush_in_background)
+
+    @asynccontextmanager
+    async def _tx(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction that first writes the queued rows, so every write keeps its order; if it fails,
+        the rows stay queued."""
+        async with self._write_turn:
+            writes, self._unwritten = self._unwritten, []
+            if writes and self._flush_timer is not None:
+                self._flush_timer.cancel()
+                self._flush_timer = None
+            try:
+                async with self.store.engine.begin() as conn:
+                    for stmt, many in _batched(writes):
+                        await conn.execute(stmt, many)
+                    yield conn
+            except BaseException:
+                if writes:
+                    self._unwritten[:0] = writes
+                    self._write_soon([])  # the timer again
+                raise
+
+    async def flush(self) -> None:
+        """Write the queued rows now (reads of training tables call this first: they see every step)."""
+        if self._unwritten:
+            async with self._tx():
+                pass
 
     async def settle(
         self,
@@ -526,6 +604,7 @@ class TrainingService:
 
     async def run_row(self, p: Principal, run_id: str) -> Any:
         """The stored run; NotFoundError / PermissionDeniedError (403) for an unknown or foreign run."""
+        await self.flush()
         async with self.store.engine.connect() as conn:
             row = (await conn.execute(select(training_runs).where(training_runs.c.id == run_id))).first()
         if row is None or row.status == "deleted":
@@ -566,7 +645,7 @@ class TrainingService:
         run = Run(run_id, p.key_id, p.name, base_model, lora, w)
         self.runs[run_id] = run
         now = time.time()
-        async with self.store.engine.begin() as conn:
+        async with self._tx() as conn:
             await conn.execute(delete(training_runs).where(training_runs.c.id == run_id))
             await conn.execute(
                 insert(training_runs).values(
@@ -723,7 +802,7 @@ class TrainingService:
         except (StorageError, CheckpointError) as e:
             raise StepError(f"checkpoint {ckpt_id} could not be stored: {e}", "server") from None
         res["uri"] = self.files.uri(run.id, kind, name)
-        async with self.store.engine.begin() as conn:
+        async with self._tx() as conn:
             await conn.execute(
                 delete(training_checkpoints).where(
                     training_checkpoints.c.run_id == run.id, training_checkpoints.c.checkpoint_id == ckpt_id
@@ -784,7 +863,7 @@ class TrainingService:
             raise UpstreamUnavailableError(
                 f"checkpoint tinker://{run_id}/{kind}/{name}: {e}", code="storage_unavailable"
             ) from None
-        async with self.store.engine.begin() as conn:
+        async with self._tx() as conn:
             await conn.execute(
                 delete(training_checkpoints).where(
                     training_checkpoints.c.run_id == run_id,
@@ -824,7 +903,7 @@ class TrainingService:
     async def create_session(self, p: Principal) -> str:
         sid = str(uuid.uuid4())
         now = time.time()
-        async with self.store.engine.begin() as conn:
+        async with self._tx() as conn:
             await conn.execute(
                 insert(training_sessions).values(id=sid, key_id=p.key_id, created_at=now, heartbeat_at=now)
             )
@@ -842,14 +921,14 @@ class TrainingService:
         values: dict[str, Any] = {"heartbeat_at": time.time()}
         if finish is not None:
             values.update(finished_at=time.time(), finish_reason=finish[:32])
-        async with self.store.engine.begin() as conn:
+        async with self._tx() as conn:
             await conn.execute(
                 update(training_sessions).where(training_sessions.c.id == sid).values(**values)
             )
 
     async def add_sampler(self, p: Principal, s: Sampler) -> None:
         self.samplers[s.id] = s
-        async with self.store.engine.begin() as conn:
+        async with self._tx() as conn:
             await conn.execute(delete(sampling_sessions).where(sampling_sessions.c.id == s.id))
             await conn.execute(
                 insert(sampling_sessions).values(
@@ -871,6 +950,7 @@ class TrainingService:
         q = select(training_runs).where(training_runs.c.status != "deleted")
         if not p.is_master:
             q = q.where(training_runs.c.key_id == p.key_id)
+        await self.flush()
         async with self.store.engine.connect() as conn:
             rows = list((await conn.execute(q.order_by(training_runs.c.created_at))).all())
         return rows[offset : offset + limit], len(rows)
@@ -883,7 +963,7 @@ class TrainingService:
                 await run.worker.call("drop", run=run_id)
             except WorkerError:
                 pass
-        async with self.store.engine.begin() as conn:
+        async with self._tx() as conn:
             await conn.execute(
                 update(training_runs).where(training_runs.c.id == run_id).values(status="deleted")
             )
