@@ -500,8 +500,6 @@ class TrainingService:
             await self.flush()
         except Exception:
             log.exception("training: writing %d rows failed; trying again in 1 s", len(self._unwritten))
-            if self._flush_timer is None:
-                self._flush_timer = asyncio.get_running_loop().call_later(1.0, self._flush_in_background)
 
     @asynccontextmanager
     async def _tx(self) -> AsyncIterator[AsyncConnection]:
@@ -520,7 +518,9 @@ class TrainingService:
             except BaseException:
                 if writes:
                     self._unwritten[:0] = writes
-                    self._write_soon([])  # the timer again
+                    if self._flush_timer is None:  # tried again in a second
+                        loop = asyncio.get_running_loop()
+                        self._flush_timer = loop.call_later(1.0, self._flush_in_background)
                 raise
 
     async def flush(self) -> None:
