@@ -39,6 +39,10 @@ _Flag = Annotated[bool, BeforeValidator(_null_is_false)]
 def whole_count(v: Any) -> int | None:
     """A non-negative whole number from a JSON value as sent (16 or 16.0), else None: how servers read a
     limit or a count (max_tokens, n, best_of) that may not have been validated."""
+    if v is None:
+        return None
+    if v.__class__ is int:  # the usual case, decided without the float checks below
+        return v if v >= 0 else None
     if isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < math.inf and v == int(v):
         return int(v)
     return None
