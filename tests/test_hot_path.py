@@ -529,3 +529,94 @@ async def test_a_stream_does_not_hold_the_request_bytes() -> None:
     assert b"".join(sent).endswith(b"data: [DONE]\n\n")
     # Mid-stream, only the references this test holds remain (before: one more, _handle's local).
     assert backend.refs_mid_stream == baseline
+
+
+class _Slow(_Caller):
+    """Streams like _Caller, `pause_s` before each group after the first."""
+
+    def __init__(self, pause_s: float) -> None:
+        super().__init__()
+        self.pause_s = pause_s
+        self.closed = False
+
+    async def stream_batches(self, req: BackendRequest) -> AsyncIterator[list[dict[str, Any]]]:
+        first = True
+        try:
+            async for group in super().stream_batches(req):
+                if not first:
+                    await asyncio.sleep(self.pause_s)
+                first = False
+                yield group
+        finally:
+            self.closed = True
+
+
+async def _slow_stream(
+    pause_s: float, disconnect_after_s: float | None
+) -> tuple[_Slow, Any, list[bytes], dict[str, Any]]:
+    """A stream of 4 groups `pause_s` apart through `_stream`, its client leaving after `disconnect_after_s`;
+    counts the tasks created while it runs and whether the pending receive() was closed."""
+    from hybridgate.api.hot import _stream
+    from hybridgate.router import BackendManager, Call
+    from hybridgate.serving import RequestContext
+
+    backend = _Slow(pause_s)
+    mgr = BackendManager([backend])
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    stream = await mgr.open_stream(Call(endpoint=Operation.CHAT, body=body, model="m"))
+    sent: list[bytes] = []
+    seen: dict[str, Any] = {"receives": 0, "receives_closed": 0, "tasks": 0}
+    loop = asyncio.get_running_loop()
+    gone_at = None if disconnect_after_s is None else loop.time() + disconnect_after_s
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message.get("body", b""))
+
+    async def receive() -> MutableMapping[str, Any]:
+        seen["receives"] += 1
+        try:
+            if gone_at is not None:
+                await asyncio.sleep(max(0.0, gone_at - loop.time()))
+                return {"type": "http.disconnect"}
+            await asyncio.Event().wait()
+            return {}
+        finally:
+            seen["receives_closed"] += 1
+
+    def factory(lp: asyncio.AbstractEventLoop, coro: Any, **kw: Any) -> asyncio.Task[Any]:
+        seen["tasks"] += 1
+        return asyncio.Task(coro, loop=lp, **kw)
+
+    ctx = RequestContext(request_id="r", path="/v1/chat/completions")
+    old = loop.get_task_factory()
+    loop.set_task_factory(factory)  # type: ignore[arg-type]
+    try:
+        t0 = loop.time()
+        await asyncio.create_task(_stream(stream, True, receive, send, ctx))
+        seen["took_s"] = loop.time() - t0
+    finally:
+        loop.set_task_factory(old)
+    seen["status"] = ctx.status
+    return backend, stream, sent, seen
+
+
+async def test_a_long_stream_is_watched_for_its_client_without_a_task_of_its_own() -> None:
+    from hybridgate.api.hot import WATCH_AFTER_S
+
+    _, _, sent, seen = await _slow_stream(WATCH_AFTER_S, None)  # lasts 3 x WATCH_AFTER_S
+    assert seen["took_s"] > 2 * WATCH_AFTER_S and b"".join(sent).endswith(b"data: [DONE]\n\n")
+    assert seen["status"] == 200
+    assert seen["tasks"] == 1  # the stream's own (before: 2, the watcher's task too)
+    assert seen["receives"] == 1 and seen["receives_closed"] == 1  # watched, then closed when it ended
+
+
+async def test_a_client_gone_mid_stream_still_ends_it_promptly_and_it_is_settled() -> None:
+    from hybridgate.api.hot import WATCH_AFTER_S
+
+    backend, stream, sent, seen = await _slow_stream(1.0, 2 * WATCH_AFTER_S)
+    assert seen["status"] == 499
+    assert seen["took_s"] < 2 * WATCH_AFTER_S + 0.1  # not the 3 s the stream would have lasted
+    assert backend.closed  # the backend's stream was closed: its slot is free
+    assert stream.attempt.ok and stream.attempt.status == 499
+    assert stream.attempt.error == "client disconnected mid-stream"
+    assert not any(b"[DONE]" in s for s in sent)

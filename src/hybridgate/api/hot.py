@@ -148,25 +148,9 @@ async def _stream(
             ],
         }
     )
-    # A client that goes away must free the backend promptly, even while we wait for its next token. Most
-    # streams through a gateway end within milliseconds, so the task that watches for the disconnect starts
-    # only once this one has lasted WATCH_AFTER_S: a timer costs a short stream far less than a task.
+    # A client that goes away must free the backend promptly, even while we wait for its next token.
     task = asyncio.current_task()
-    gone = asyncio.Event()
-    watcher: asyncio.Task[None] | None = None
-
-    async def watch() -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        gone.set()
-        if task is not None:
-            task.cancel()
-
-    def start_watching() -> None:
-        nonlocal watcher
-        watcher = asyncio.create_task(watch())
-
-    timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, start_watching)
+    watch = _Watch(receive, task)
     error: BaseException | None = None
     held = b""  # the last group, when the backend said the stream ended with it: written with the tail
     shape = InferenceService.shape
@@ -222,7 +206,7 @@ async def _stream(
             }
         )
     except asyncio.CancelledError as e:
-        if not gone.is_set():
+        if not watch.gone:
             # The server is cancelling us (shutdown): the attempt is still settled and charged.
             await asyncio.shield(stream.settle(e))
             raise
@@ -232,14 +216,77 @@ async def _stream(
         await asyncio.shield(stream.settle(client_gone=True))
         return
     finally:
-        timer.cancel()
-        if watcher is not None:
-            watcher.cancel()
+        watch.stop()
     await stream.settle(error)
     cost = sum(a.cost_usd for a in stream.attempts)
     # Headers are long gone; the cost travels as an SSE comment, which clients ignore.
     tail = held + f": x-hybridgate-cost-usd={cost:.8f}\n\n".encode() + SSE_DONE
     await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+
+class _Watch:
+    """Cancels a stream's task when its client disconnects (`http.disconnect` from `receive`).
+
+    uvicorn drops writes to a closed socket silently, so only `receive` tells. Most streams through a gateway
+    end within milliseconds, so watching starts once the stream has lasted WATCH_AFTER_S (a timer until
+    then). `receive()` is then driven here, step by step from its futures' callbacks, rather than by a task
+    of its own: a task per stream (created, stepped, and cancelled with an exception thrown through
+    `receive` at the end) cost more than the rest of the watching. The disconnect is seen in the same loop
+    turn as a task would see it (a future's callbacks and a task's wake-up are both scheduled when it
+    completes), and `stop` closes the pending `receive()` synchronously (its `finally` blocks run).
+    """
+
+    __slots__ = ("_await", "_loop", "_receive", "_task", "_timer", "gone")
+
+    def __init__(self, receive: Receive, task: asyncio.Task[Any] | None) -> None:
+        self._receive = receive
+        self._task = task
+        self._loop = loop = asyncio.get_running_loop()
+        self._await: Any = None  # the pending receive()'s iterator while watching
+        self.gone = False  # True once the client disconnected (and the task was cancelled for it)
+        self._timer: asyncio.TimerHandle | None = loop.call_later(WATCH_AFTER_S, self._start)
+
+    def _start(self) -> None:
+        self._timer = None
+        self._await = self._receive().__await__()
+        self._step()
+
+    def _step(self, _done: Any = None) -> None:
+        it = self._await
+        if it is None:  # stopped
+            return
+        try:
+            waiting = it.send(None)
+        except StopIteration as e:
+            self._await = None
+            if e.value["type"] == "http.disconnect":
+                self.gone = True
+                if self._task is not None:
+                    self._task.cancel()
+            else:
+                self._start()  # more of the request's body, unread: wait on
+            return
+        except BaseException:  # the server's receive() failed: stop watching, as the task ended then
+            self._await = None
+            log.exception("watching for the client's disconnect failed")
+            return
+        if getattr(waiting, "_asyncio_future_blocking", None):
+            waiting._asyncio_future_blocking = False  # what a task does with a future it waits on
+            waiting.add_done_callback(self._step)
+        elif waiting is None:  # a bare yield (sleep(0)): step again next turn
+            self._loop.call_soon(self._step)
+        else:  # a task would not take it either ("bad yield")
+            self._await = None
+            it.close()
+            log.error("cannot watch for the client's disconnect: receive() awaited %r", waiting)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        it, self._await = self._await, None
+        if it is not None:
+            it.close()
 
 
 _MISSING = object()

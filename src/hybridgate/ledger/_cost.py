@@ -47,20 +47,19 @@ def output_bound(body: dict[str, Any]) -> int | None:
     """The largest output limit the body sets (max_tokens, max_completion_tokens); None when it sets none.
 
     With both present a backend honours one of them: the larger is the bound."""
-    found = [
-        c
-        for c in (whole_count(body.get("max_tokens")), whole_count(body.get("max_completion_tokens")))
-        if c is not None
-    ]
-    return max(found) if found else None
+    a = whole_count(body.get("max_tokens"))
+    b = whole_count(body.get("max_completion_tokens"))
+    if a is None:
+        return b
+    return a if b is None else max(a, b)
 
 
 def _choices(body: dict[str, Any], endpoint: Endpoint) -> int:
     """How many answers the output bound applies to: n, best_of, and each prompt of a batch."""
     k = whole_count(body.get("n")) or 1
-    if endpoint == "completions":  # best_of: generated (and billed), n of them returned; chat has none
-        k = max(k, whole_count(body.get("best_of")) or 1)
     if endpoint == "completions":
+        # best_of: generated (and billed), n of them returned; chat has none
+        k = max(k, whole_count(body.get("best_of")) or 1)
         p = body.get("prompt")
         if isinstance(p, list) and p and not isinstance(p[0], int):
             k *= len(p)  # a batch of prompts (strings or token lists): one answer set per prompt

@@ -691,22 +691,23 @@ class Stream:
     def backend(self) -> str:
         return self.state.name
 
-    def _observe(self, chunk: dict[str, Any]) -> None:
-        u = chunk.get("usage")
-        if u:
-            usage = Usage.from_dict(u)
-            if usage is not None:
-                self.attempt.usage = usage
-        for ch in chunk.get("choices") or ():
-            d = ch.get("delta")
-            t = d.get("content") if isinstance(d, dict) else ch.get("text")
-            if isinstance(t, str):
-                self._chars += len(t)
-
     def observe(self, batch: list[dict[str, Any]]) -> None:
-        """Read one group's usage and text, for the attempt's accounting (see `take`)."""
+        """Read one group's usage and text, for the attempt's accounting (see `take`). Called on every
+        group of every stream: one loop, no call per chunk."""
+        chars = 0
         for chunk in batch:
-            self._observe(chunk)
+            u = chunk.get("usage")
+            if u:
+                usage = Usage.from_dict(u)
+                if usage is not None:
+                    self.attempt.usage = usage
+            for ch in chunk.get("choices") or ():
+                d = ch.get("delta")
+                t = d.get("content") if isinstance(d, dict) else ch.get("text")
+                if isinstance(t, str):
+                    chars += len(t)
+        if chars:
+            self._chars += chars
 
     def take(self) -> tuple[list[dict[str, Any]], AsyncIterator[list[dict[str, Any]]]]:
         """The first group (observed) and the backend's own iterator of the rest, once.
