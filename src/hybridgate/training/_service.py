@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextvars
 import logging
 import time
 import uuid
@@ -58,11 +57,6 @@ JSON = "application/json"
 PROTO = "application/x-protobuf"
 _KEEP_FUTURES = 5000
 
-# Within a future's task (`TrainingService.run_future`): the statements its step's bookkeeping produced
-# (cost and token counters, steps, loss history), queued with the future's result (`_write_soon`).
-_step_writes: contextvars.ContextVar[list[tuple[Executable, dict[str, Any]]] | None] = contextvars.ContextVar(
-    "hybridgate_training_step_writes", default=None
-)
 
 # The statements every step runs, built once with bound parameters: building and hashing a fresh
 # statement cost as much CPU as the database work itself.
@@ -365,8 +359,6 @@ class TrainingService:
         """Finish `rec` with what `work` returns (content type, payload), or fail it with its error."""
 
         async def go() -> None:
-            writes: list[tuple[Executable, dict[str, Any]]] = []
-            _step_writes.set(writes)  # this task's own context: seen by `work`, awaited here
             try:
                 ctype, payload = await work
                 rec.status, rec.content_type, rec.payload = "done", ctype, payload
@@ -379,21 +371,16 @@ class TrainingService:
             except Exception as e:
                 log.exception("training future %s failed", rec.request_id)
                 rec.status, rec.error, rec.category = "failed", f"{type(e).__name__}: {e}", "server"
-            writes.append(
-                (
-                    _FINISH_FUTURE,
-                    {
-                        "rid": rec.request_id,
-                        "status": rec.status,
-                        "content_type": rec.content_type,
-                        "payload": rec.payload,
-                        "error": rec.error,
-                        "category": rec.category,
-                        "finished_at": time.time(),
-                    },
-                )
-            )
-            self._write_soon(writes)
+            finish = {
+                "rid": rec.request_id,
+                "status": rec.status,
+                "content_type": rec.content_type,
+                "payload": rec.payload,
+                "error": rec.error,
+                "category": rec.category,
+                "finished_at": time.time(),
+            }
+            self._write_soon([(_FINISH_FUTURE, finish)])  # after the step's own rows, queued by settle
             rec.done.set()
 
         t = asyncio.ensure_future(go())
@@ -466,14 +453,6 @@ class TrainingService:
                 budget=True,
             )
         return rid
-
-    async def _write_step(self, stmt: Executable, params: dict[str, Any]) -> None:
-        """A step's bookkeeping statement: joins its future's rows inside `run_future`, else queued alone."""
-        writes = _step_writes.get()
-        if writes is not None:
-            writes.append((stmt, params))
-            return
-        self._write_soon([(stmt, params)])
 
     # --- writing --------------------------------------------------------------------------------
     def _write_soon(self, writes: list[tuple[Executable, dict[str, Any]]]) -> None:
@@ -586,7 +565,7 @@ class TrainingService:
             extra, params["steps"] = ("steps",), steps
         elif loss_history is not None:
             extra, params["loss_history"] = ("loss_history",), loss_history
-        await self._write_step(_SETTLE_RUN[extra], params)
+        self._write_soon([(_SETTLE_RUN[extra], params)])
         return cost
 
     # --- runs -----------------------------------------------------------------------------------
